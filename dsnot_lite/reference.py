@@ -1,0 +1,73 @@
+"""Conformance with the authors' code: the stable API that tests and outside checks use.
+
+The files in ``../shared/reference/official-dsnot/`` each hold one layer, its statistics and the
+masks the reference code returns (see that folder's README). ``masks_for_case`` recomputes both
+masks from the weight, the statistics and the parameters alone; it never reads the expected masks.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+
+from .dsnot import dsnot, preset
+from .pruners import initial_mask, initial_score, mask_from_score
+from .stats import ChannelStats
+
+STAT_KEYS = ("sum_metric_row", "scaler_row", "var", "mean")
+
+
+def load_case(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
+    """Tensors and ``params`` metadata of one reference file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no reference file at {path}; the files live in ../shared/reference/official-dsnot/")
+    with safe_open(str(path), framework="pt") as f:
+        tensors = {key: f.get_tensor(key) for key in f.keys()}
+        metadata = f.metadata() or {}
+    if "params" not in metadata:
+        raise ValueError(f"{path} has no 'params' metadata; it is not a reference case file")
+    return tensors, json.loads(metadata["params"])
+
+
+def statistics_for_case(calibration_inputs: torch.Tensor) -> dict[str, torch.Tensor]:
+    """R1 statistics of (nsamples, seqlen, C_in) inputs, fed one sample per batch as the reference."""
+    if calibration_inputs.dim() != 3:
+        raise ValueError(
+            f"calibration_inputs must be (nsamples, seqlen, C_in), got {tuple(calibration_inputs.shape)}"
+        )
+    stats = ChannelStats(calibration_inputs.shape[-1])
+    stats.add_batch(calibration_inputs)
+    return {key: stats.as_dict()[key] for key in STAT_KEYS}
+
+
+def masks_for_case(tensors: dict[str, torch.Tensor], params: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """(initial pruned mask, final pruned mask), bool, True = pruned, as the reference code returns.
+
+    Uses ``weight``, the statistics (and ``hessian`` for ``initial_method=sparsegpt``) and
+    ``params``; the reference's defaults (R5, R10) apply where ``params`` is silent.
+    """
+    stats = ChannelStats.from_tensors({k: v for k, v in tensors.items() if k in (*STAT_KEYS, "hessian")})
+    weight = tensors["weight"]
+    method = params["initial_method"]
+    n, m = int(params.get("prune_n", 0)), int(params.get("prune_m", 0))
+    nm = (n, m) if n else None
+    sparsity = float(params["sparsity_ratio"])
+    config = replace(
+        preset("official"),
+        max_cycle_time=int(params.get("max_cycle_time", 50)),
+        update_threshold=float(params.get("update_threshold", 0.1)),
+        pow_of_var_regrowing=float(params.get("pow_of_var_regrowing", 1)),
+        sign_check=not params.get("without_same_sign", True),
+    )
+    start = initial_mask(weight, stats, method, sparsity, nm)
+    if nm is not None:  # the reference's DSnoT N:M branch re-derives its start with a block sort
+        dsnot_start = mask_from_score(initial_score(weight, stats, method), sparsity, nm, nm_ties="sort")
+    else:
+        dsnot_start = start
+    final = dsnot(weight, stats, dsnot_start, config, nm, initial_method=method).mask
+    return start, final
