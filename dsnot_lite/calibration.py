@@ -1,0 +1,131 @@
+"""Capture the first decoder block's inputs, run blocks on them, and collect per-layer statistics.
+
+The inputs of block 0 are caught with a forward pre-hook that records the hidden states and
+every keyword argument the model passes to the block (attention mask, ``position_ids``,
+``position_embeddings`` in transformers 5 LLaMA, ...), then stops the forward. Those keyword
+arguments are the same for every block, so each later block is run with them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from dsnot_lite.stats import ChannelStats
+
+
+class _StopForward(Exception):
+    """Raised by the catcher once block 0's inputs are recorded."""
+
+
+@dataclass
+class BlockInputs:
+    """Hidden states entering a block, one tensor per batch, with that batch's keyword arguments."""
+
+    hidden: list[torch.Tensor] = field(default_factory=list)
+    kwargs: list[dict] = field(default_factory=list)
+
+    @property
+    def nsamples(self) -> int:
+        return sum(h.shape[0] for h in self.hidden)
+
+
+def _move_tensors(obj, device):
+    """``obj`` with every tensor inside (nested tuples/lists/dicts) moved to ``device``."""
+    if isinstance(obj, torch.Tensor):
+        return obj.to(device)
+    if isinstance(obj, tuple):
+        return tuple(_move_tensors(o, device) for o in obj)
+    if isinstance(obj, list):
+        return [_move_tensors(o, device) for o in obj]
+    if isinstance(obj, dict):
+        return {k: _move_tensors(v, device) for k, v in obj.items()}
+    return obj
+
+
+def move_outside_blocks(model: nn.Module, blocks: nn.ModuleList, device: str | torch.device) -> None:
+    """Move every parameter and buffer of ``model`` except those of ``blocks`` to ``device``.
+
+    Embeddings, rotary tables, final norm and head go to the accelerator while the decoder blocks
+    stay where they are (blocks then travel one at a time).
+    """
+    block_params = {id(t) for t in blocks.parameters()} | {id(t) for t in blocks.buffers()}
+    for module in model.modules():
+        for store in (module._parameters, module._buffers):
+            for key, tensor in store.items():
+                if tensor is not None and id(tensor) not in block_params and tensor.device != torch.device(device):
+                    if isinstance(tensor, nn.Parameter):
+                        tensor.data = tensor.data.to(device)
+                    else:
+                        store[key] = tensor.to(device)
+
+
+def capture_block_inputs(
+    model: nn.Module,
+    blocks: nn.ModuleList,
+    input_ids: torch.Tensor,
+    batch_size: int = 8,
+    device: str | torch.device = "cpu",
+) -> BlockInputs:
+    """Run the model on ``input_ids`` (N, L) in batches and record what reaches ``blocks[0]``."""
+    captured = BlockInputs()
+
+    def catcher(_module, args, kwargs):
+        kwargs = dict(kwargs)
+        hidden = args[0] if args else kwargs.pop("hidden_states")
+        captured.hidden.append(hidden)
+        captured.kwargs.append({k: v for k, v in kwargs.items() if k not in ("past_key_value", "past_key_values")})
+        raise _StopForward
+
+    move_outside_blocks(model, blocks, device)
+    handle = blocks[0].register_forward_pre_hook(catcher, with_kwargs=True)
+    try:
+        with torch.inference_mode():
+            for start in range(0, input_ids.shape[0], batch_size):
+                try:
+                    model(input_ids=input_ids[start : start + batch_size].to(device), use_cache=False)
+                except _StopForward:
+                    pass
+    finally:
+        handle.remove()
+    return captured
+
+
+def run_block(block: nn.Module, inputs: BlockInputs) -> BlockInputs:
+    """The block's outputs for every batch of ``inputs`` (kwargs carried over)."""
+    out = BlockInputs(kwargs=inputs.kwargs)
+    with torch.inference_mode():
+        for hidden, kwargs in zip(inputs.hidden, inputs.kwargs):
+            result = block(hidden, **kwargs)
+            out.hidden.append(result[0] if isinstance(result, (tuple, list)) else result)
+    return out
+
+
+def collect_stats(
+    block: nn.Module,
+    linears: dict[str, nn.Linear],
+    inputs: BlockInputs,
+    hessian: bool = False,
+) -> dict[str, ChannelStats]:
+    """Per-linear ``ChannelStats`` of the inputs each linear sees when ``block`` runs on ``inputs``.
+
+    A forward hook on every linear feeds ``ChannelStats.add_batch(inp[0])`` (R1 statistics; the
+    SparseGPT Hessian too when ``hessian`` is set). All linears see the block's unpruned weights,
+    as in Wanda and DSnoT, which gather a block's statistics in one pass before pruning it.
+    """
+    stats = {
+        name: ChannelStats(layer.in_features, hessian=hessian, device=layer.weight.device)
+        for name, layer in linears.items()
+    }
+    handles = [
+        layer.register_forward_hook(lambda _m, inp, _out, s=stats[name]: s.add_batch(inp[0]))
+        for name, layer in linears.items()
+    ]
+    try:
+        run_block(block, inputs)
+    finally:
+        for h in handles:
+            h.remove()
+    return stats
