@@ -51,6 +51,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from . import candidates
+from .candidates import Candidates
 from .pruners import initial_score
 from .stats import FLAVOURS, ChannelStats
 from .validation import NM, check_channel_vector, check_mask, check_nm, check_weight
@@ -159,118 +161,51 @@ class DSnoTResult:
     stop_counts: dict[str, int] = field(default_factory=dict)
 
 
-@dataclass
-class _Candidates:
-    """A per-row ranked list consumed from the front and the back by two pointers (R2).
-
-    ``order[r, i]`` is a column index; the first ``size[r]`` positions hold the row's pool.
-    Positions ``< front_limit`` are reachable from the front, positions ``>= back_limit`` from
-    the back. ``take_back(error)`` says which end each row uses.
-    """
-
-    order: torch.Tensor
-    size: torch.Tensor
-    front_limit: torch.Tensor
-    back_limit: torch.Tensor
-    back_start: torch.Tensor
-    end: str  # "grow" (back iff error > 0), "prune" (back iff error < 0), "front", "back"
-
-    def take_back(self, error: torch.Tensor) -> torch.Tensor:
-        if self.end == "grow":
-            return error > 0
-        if self.end == "prune":
-            return error < 0
-        return torch.full_like(error, self.end == "back", dtype=torch.bool)
-
-
-def _ranked(key: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Columns of each row sorted ascending by ``key`` (stable), valid ones first; and their count."""
-    order = torch.sort(key.masked_fill(~valid, float("nan")), dim=1, stable=True)[1]
-    return order, valid.sum(dim=1)
-
-
-def _ascending_list(key: torch.Tensor, valid: torch.Tensor, end: str) -> _Candidates:
-    """Valid columns in ascending ``key`` order; both ends draw from one pool."""
-    order, count = _ranked(key, valid)
-    zero = torch.zeros_like(count)
-    return _Candidates(order, count, front_limit=count, back_limit=zero, back_start=count - 1, end=end)
-
-
-def _sign_partitioned_list(
-    rank_key: torch.Tensor, valid: torch.Tensor, contribution: torch.Tensor, *, negatives_ascending: bool, end: str
-) -> tuple[_Candidates, torch.Tensor, torch.Tensor]:
-    """Eq. 3 ordering: negative contributions at the front, positive ones at the back.
-
-    Within each sign the order is by ``rank_key`` (ascending for the side named ascending, the
-    other descending), so that each end yields the best candidate of its sign first. Returns the
-    list and the per-row counts of negative and positive candidates.
-    """
-    ranked, count = _ranked(rank_key, valid)
-    position = torch.arange(ranked.shape[1], device=ranked.device).expand_as(ranked)
-    size = count.unsqueeze(1)
-    in_pool = position < size
-    sign = torch.sign(contribution.gather(1, ranked)) * in_pool
-    neg, pos = sign < 0, sign > 0
-    other = in_pool & ~(neg | pos)
-    n_neg, n_pos = neg.sum(1, keepdim=True), pos.sum(1, keepdim=True)
-    neg_before = torch.cumsum(neg, 1) - neg.long()
-    pos_before = torch.cumsum(pos, 1) - pos.long()
-    other_before = torch.cumsum(other, 1) - other.long()
-    neg_slot = neg_before if negatives_ascending else n_neg - 1 - neg_before
-    pos_slot = size - 1 - pos_before if negatives_ascending else size - n_pos + pos_before
-    slot = torch.where(neg, neg_slot, torch.where(pos, pos_slot, torch.where(other, n_neg + other_before, position)))
-    order = torch.empty_like(ranked).scatter_(1, slot, ranked)
-    n_neg, n_pos = n_neg.squeeze(1), n_pos.squeeze(1)
-    cands = _Candidates(order, count, front_limit=n_neg, back_limit=count - n_pos, back_start=count - 1, end=end)
-    return cands, n_neg, n_pos
-
-
-def _grow_list(cfg: DSnoTConfig, pruned: torch.Tensor, contribution, variance, wanda, weight) -> _Candidates:
+def _grow_list(cfg: DSnoTConfig, pruned, n_pruned, pruned_contribution, variance, wanda, weight) -> Candidates:
     """Ranked pruned weights for the grow step (Eq. 2 by default)."""
+    k = cfg.max_cycle_time
     if cfg.grow == "eq2":
-        score = _eq2_score(cfg, contribution, variance, pruned)
-        if cfg.reference_quirks:  # R2: kept weights sit at score 0 in the middle of the list
-            order = torch.sort(score, dim=1, stable=True)[1]
-            full = torch.full_like(order[:, 0], order.shape[1])
-            return _Candidates(order, full, full, torch.zeros_like(full), full - 1, "grow")
-        return _ascending_list(score, pruned, "grow")
+        score = _eq2_score(cfg, pruned_contribution, variance)
+        if cfg.reference_quirks:  # R2: the reference ranks the whole row, kept weights at score 0
+            return candidates.ascending(score, None, torch.full_like(n_pruned, pruned.shape[1]), k, "grow")
+        return candidates.ascending(score, pruned, n_pruned, k, "grow")
     if cfg.grow == "eq3":
-        return _sign_partitioned_list(wanda, pruned, contribution, negatives_ascending=False, end="grow")[0]
-    key = wanda if cfg.grow == "wanda" else weight.abs()
-    return _ascending_list(key, pruned, "back")
+        return candidates.sign_partitioned(
+            wanda, pruned, n_pruned, pruned_contribution, negatives_ascending=False, k=k, end="grow",
+            segments_only=not cfg.reference_quirks,
+        )[0]
+    return candidates.ascending(wanda if cfg.grow == "wanda" else weight.abs(), pruned, n_pruned, k, "back")
 
 
-def _prune_list(cfg: DSnoTConfig, pruned: torch.Tensor, contribution, variance, wanda, weight) -> _Candidates:
+def _prune_list(cfg: DSnoTConfig, pruned, n_pruned, contribution, variance, wanda, weight) -> Candidates:
     """Ranked kept weights for the prune step (Eq. 3 by default, R3)."""
-    kept = ~pruned
+    kept, n_kept = ~pruned, pruned.shape[1] - n_pruned
+    k = cfg.max_cycle_time
     if cfg.prune == "eq3":
-        cands, n_neg, n_pos = _sign_partitioned_list(wanda, kept, contribution, negatives_ascending=True, end="prune")
-        if cfg.reference_quirks:
-            # R3: the reference's reorder maps every slot between the negatives and the
-            # positives (contributions exactly 0) to the weakest kept weight, and never checks
-            # the pointers against the sign segments.
-            position = torch.arange(cands.order.shape[1], device=pruned.device).expand_as(cands.order)
-            middle = (position >= n_neg.unsqueeze(1)) & (position < (cands.size - n_pos).unsqueeze(1))
-            weakest = _ranked(wanda, kept)[0][:, :1].expand_as(cands.order)
-            cands.order = torch.where(middle, weakest, cands.order)
+        cands, n_neg, n_zero = candidates.sign_partitioned(
+            wanda, kept, n_kept, contribution, negatives_ascending=True, k=k, end="prune",
+            segments_only=not cfg.reference_quirks,
+        )
+        if cfg.reference_quirks:  # R3: zero-contribution slots point at the weakest kept weight
+            cands.fill, cands.fill_from, cands.fill_to = candidates.weakest(wanda, kept), n_neg, n_neg + n_zero
         return cands
     if cfg.prune == "eq2":
-        return _ascending_list(_eq2_score(cfg, contribution, variance, kept), kept, "prune")
-    key = wanda if cfg.prune == "wanda" else weight.abs()
-    return _ascending_list(key, kept, "front")
+        score = _eq2_score(cfg, contribution.masked_fill(pruned, 0), variance)
+        return candidates.ascending(score, kept, n_kept, k, "prune")
+    return candidates.ascending(wanda if cfg.prune == "wanda" else weight.abs(), kept, n_kept, k, "front")
 
 
-def _eq2_score(cfg: DSnoTConfig, contribution, variance, candidates: torch.Tensor) -> torch.Tensor:
-    """Eq. 2: ``W E[A] / Var(A)^pow`` on the candidates, 0 elsewhere (as the reference builds it).
+def _eq2_score(cfg: DSnoTConfig, contribution: torch.Tensor, variance: torch.Tensor) -> torch.Tensor:
+    """Eq. 2: ``W E[A] / Var(A)^pow``, given contributions already zeroed outside the candidates.
 
-    A channel with zero variance gets +-inf (it lowers the error at no variance cost) instead of
-    the NaN the reference would produce, so no NaN ever reaches a ranking.
+    A channel with zero variance gets +-inf (it lowers the error at no variance cost) and 0/0
+    becomes 0, where the reference would produce NaN; so no NaN ever reaches a ranking.
     """
-    score = torch.where(candidates, contribution, torch.zeros_like(contribution))
-    if cfg.pow_of_var_regrowing:
-        denom = torch.pow(variance.reshape(1, -1), cfg.pow_of_var_regrowing)
-        score = score / denom
-        score = torch.where(score.isnan(), torch.zeros_like(score), score)
+    if not cfg.pow_of_var_regrowing:
+        return contribution
+    score = contribution / torch.pow(variance.reshape(1, -1), cfg.pow_of_var_regrowing)
+    if bool((variance == 0).any()):
+        score = torch.nan_to_num(score, nan=0.0, posinf=float("inf"), neginf=float("-inf"))
     return score
 
 
@@ -283,7 +218,7 @@ def _nm_prune_key(cfg: DSnoTConfig, weight, stats, initial_method, contribution,
     elif cfg.nm_prune == "magnitude":
         key = weight.abs()
     else:  # eq2: direction depends on the error's sign, applied per iteration
-        key = _eq2_score(cfg, contribution, variance, ~pruned)
+        key = _eq2_score(cfg, contribution.masked_fill(pruned, 0), variance)
     return key.masked_fill(pruned, float("inf"))
 
 
@@ -319,7 +254,9 @@ def dsnot(
     scaler = stats.scaler_row.to(device)
     for name, vec in (("E[A]", mean), ("Var(A)", variance), ("scaler_row", scaler)):
         check_channel_vector(name, vec, cols)
-    if cfg.reference_quirks and nm is None and not bool((mask.sum(1) == mask[0].sum()).all()):
+    pruned = mask.clone().to(device)
+    n_pruned = pruned.sum(1)
+    if cfg.reference_quirks and nm is None and not bool((n_pruned == n_pruned[0]).all()):
         raise ValueError(
             "reference_quirks reproduce the reference code, which needs the same number of pruned "
             "weights in every row (R7); use a per-row initial mask or reference_quirks=False"
@@ -327,18 +264,18 @@ def dsnot(
 
     contribution = w * mean.reshape(1, -1)  # W_rk E[A_k]
     wanda = w.abs() * torch.sqrt(scaler.reshape(1, -1))
-    pruned = mask.clone().to(device)
-    error = torch.where(pruned, contribution, torch.zeros_like(contribution)).sum(dim=1, keepdim=True)
+    pruned_contribution = contribution.masked_fill(~pruned, 0)  # as the reference's metric_for_regrowing
+    error = pruned_contribution.sum(dim=1, keepdim=True)
     initial_error = error.clone()
     initial_sign = torch.sign(error)
 
-    grow = _grow_list(cfg, pruned, contribution, variance, wanda, w)
+    grow = _grow_list(cfg, pruned, n_pruned, pruned_contribution, variance, wanda, w)
     grow_front = torch.zeros(rows, 1, dtype=torch.long, device=device)
-    grow_back = grow.back_start.reshape(rows, 1).clone()
+    grow_back = grow.size.reshape(rows, 1) - 1
     if nm is None:
-        prune = _prune_list(cfg, pruned, contribution, variance, wanda, w)
+        prune = _prune_list(cfg, pruned, n_pruned, contribution, variance, wanda, w)
         prune_front = torch.zeros(rows, 1, dtype=torch.long, device=device)
-        prune_back = prune.back_start.reshape(rows, 1).clone()
+        prune_back = prune.size.reshape(rows, 1) - 1
     else:
         nm_key = _nm_prune_key(cfg, w, stats, initial_method, contribution, variance, wanda, pruned)
         block_offsets = torch.arange(nm[1], device=device).reshape(1, -1)
@@ -353,17 +290,15 @@ def dsnot(
         cycle += 1
         # Grow (Eq. 2): the next pruned weight from the end that lowers |error|.
         g_back = grow.take_back(error)
-        g_pos = torch.where(g_back, grow_back, grow_front)
-        g_ok = _reachable(grow, g_back, g_pos, grow_front, grow_back, cfg.reference_quirks)
-        g_idx = grow.order.gather(1, g_pos.clamp(0, cols - 1))
+        g_ok = grow.reachable(g_back, grow_front, grow_back, strict=not cfg.reference_quirks)
+        g_idx = grow.column(torch.where(g_back, grow_back, grow_front))
         grown_value = contribution.gather(1, g_idx)
 
         # Prune (Eq. 3): the next kept weight whose removal moves the error toward zero.
         if nm is None:
             p_back = prune.take_back(error)
-            p_pos = torch.where(p_back, prune_back, prune_front)
-            p_ok = _reachable(prune, p_back, p_pos, prune_front, prune_back, cfg.reference_quirks)
-            p_idx = prune.order.gather(1, p_pos.clamp(0, prune.order.shape[1] - 1))
+            p_ok = prune.reachable(p_back, prune_front, prune_back, strict=not cfg.reference_quirks)
+            p_idx = prune.column(torch.where(p_back, prune_back, prune_front))
         else:
             block = g_idx - g_idx % nm[1] + block_offsets
             keys = nm_key.gather(1, block)
@@ -425,16 +360,6 @@ def dsnot(
     if trace:
         result.trace = _build_trace(log, error, rows, weight, mask, final, inputs)
     return result
-
-
-def _reachable(cands: _Candidates, back, position, front_ptr, back_ptr, quirks: bool) -> torch.Tensor:
-    """Whether the pointer each row uses still points at an unused candidate (R9)."""
-    in_range = (position >= 0) & (position < cands.size.reshape(-1, 1))
-    if quirks:  # the reference only fails (crashes) when a pointer leaves the list
-        return in_range
-    front_ok = front_ptr < cands.front_limit.reshape(-1, 1)
-    back_ok = back_ptr >= cands.back_limit.reshape(-1, 1)
-    return in_range & (front_ptr <= back_ptr) & torch.where(back, back_ok, front_ok)
 
 
 def _advance(back: torch.Tensor, front_ptr: torch.Tensor, back_ptr: torch.Tensor, only: torch.Tensor | None) -> None:
