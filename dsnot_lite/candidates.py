@@ -142,7 +142,8 @@ def sign_partitioned(
     end: str,
     segments_only: bool,
 ) -> tuple[Candidates, torch.Tensor, torch.Tensor]:
-    """Eq. 3 ordering: negative contributions at the front, zero ones in the middle, positive at the back.
+    """Eq. 3 ordering: negative contributions at the front, zero ones in the middle (by ``rank``
+    ascending), positive ones at the back.
 
     Within a sign, entries go by ``rank`` (stable): the negatives ascending and the positives
     descending when ``negatives_ascending`` (so each end yields the lowest ``rank`` of its sign
@@ -176,7 +177,8 @@ def _partition_keys(rank: torch.Tensor, contribution: torch.Tensor, negatives_as
     rank_key = stable_rank_key(rank)
     sign = torch.sign(contribution)
     group = torch.where(sign < 0, _NEGATIVE, torch.where(sign > 0, _POSITIVE, _ZERO))
-    within = torch.where((sign < 0) == negatives_ascending, rank_key, _RANK_MAX - rank_key)
+    descending = torch.where(sign < 0, not negatives_ascending, torch.where(sign > 0, negatives_ascending, False))
+    within = torch.where(descending, _RANK_MAX - rank_key, rank_key)
     return (group.long() << (_COL_BITS + _VALUE_BITS)) | within
 
 

@@ -77,6 +77,12 @@ class DSnoTConfig:
     until all rows stop; and in N:M the sign check is always on and the block's prune candidate
     is used up even when no swap happens. With ``False`` the lists hold only real candidates and
     stopped rows are left alone.
+
+    One consequence the spec does not list: with the quirks, a pointer that runs past the
+    candidates of its sign (possible only when T exceeds their number, i.e. on tiny layers) can
+    "regrow" a weight that is already kept while its partner is pruned, which changes the row's
+    sparsity, as the reference does; and at 0% sparsity the first (no-op) write prunes the
+    row's first column. Without the quirks the row sparsity is always exact.
     """
 
     max_cycle_time: int = 50
@@ -134,8 +140,8 @@ class DSnoTTrace:
     """Per-iteration record, every tensor (iterations, C_out) on the CPU.
 
     ``error[t]`` is E[Delta_r] before iteration t (``error[-1]`` after the last one, so it has
-    one more row); ``grown``/``pruned`` are the column indices considered at t and ``swapped``
-    whether the swap happened. ``output_error_before/after`` are ||W X - (M.W) X|| per row when
+    one more row); ``grown``/``pruned`` are the column indices considered at t (-1 where the row
+    had no candidate left) and ``swapped`` whether the swap happened. ``output_error_before/after`` are ||W X - (M.W) X|| per row when
     inputs were given.
     """
 
@@ -340,7 +346,12 @@ def dsnot(
         _advance(g_back, grow_front, grow_back, active if not cfg.reference_quirks else None)
 
         if trace:
-            log.append((error.squeeze(1).clone(), g_idx.squeeze(1), p_idx.squeeze(1), update.squeeze(1)))
+            log.append((
+                error.squeeze(1).clone(),
+                torch.where(g_ok, g_idx, -1).squeeze(1),
+                torch.where(p_ok, p_idx, -1).squeeze(1),
+                update.squeeze(1),
+            ))
         error += torch.where(update, pruned_value, torch.zeros_like(pruned_value))
         error -= torch.where(update, grown_value, torch.zeros_like(grown_value))
         swaps += update.long()
