@@ -33,7 +33,8 @@ Other grow/prune criteria (paper Table 7) use the same list machinery: ``wanda``
 candidates ascending and always take the back (grow) or the front (prune); ``eq2`` as prune ranks
 kept weights by the Eq. 2 score; ``eq3`` as grow orders pruned weights as [negatives by Wanda
 descending] + [zero-contribution ascending] + [positives ascending] (the spec is silent on the zero
-segment's order; this is the library's choice, reachable only in quirks mode).
+segment's order; ascending is the library's choice, reachable only in quirks mode: the prune list's
+zero slots are overwritten by the weakest kept weight, R3).
 
 N:M: the prune candidate is the lowest key inside the regrown weight's block of M (``torch.topk``
 with k=1 on that block, the reference's tie rule); a used candidate's key becomes +inf (in quirks
@@ -96,7 +97,7 @@ def _partitioned(cols, key, contrib, negatives_ascending: bool) -> tuple[list[in
     """[negatives] + [zeros] + [positives] of ``cols`` by the sign of ``contrib``, each ranked by ``key``.
 
     ``negatives_ascending``: negatives by key ascending, positives descending (prune list, R3);
-    otherwise negatives descending, zeros and positives ascending (grow list by Eq. 3).
+    otherwise negatives descending and positives ascending (grow list by Eq. 3). Zeros ascending.
     A descending order is the reverse of the stable ascending one (as a flipped sort).
     """
     order = _ascending(cols, key)
@@ -104,7 +105,7 @@ def _partitioned(cols, key, contrib, negatives_ascending: bool) -> tuple[list[in
     zero = [c for c in order if contrib[c] == 0]
     pos = [c for c in order if contrib[c] > 0]
     if negatives_ascending:
-        lst = neg + zero[::-1] + pos[::-1]
+        lst = neg + zero + pos[::-1]
     else:
         lst = neg[::-1] + zero + pos
     return lst, len(neg), len(zero)
