@@ -118,15 +118,17 @@ def collect_stats(
     which is exactly what separate accumulation would give, at a fraction of the cost.
     """
     owner: dict[str, str] = {}  # linear -> the linear whose statistics it shares
-    first_seen: dict[tuple, str] = {}  # input tensor identity -> first linear fed with it (first batch)
+    # First batch only: input identity -> (first linear fed with it, the input). Holding the input
+    # keeps its memory from being reused by a later tensor, so equal addresses mean equal inputs.
+    first_seen: dict[tuple, tuple[str, torch.Tensor]] = {}
     stats: dict[str, ChannelStats] = {}
 
     def hook(name: str, layer: nn.Linear):
         def feed(_module, inp, _out):
             x = inp[0]
-            if name not in owner:  # decided on the first batch, when all inputs are alive together
+            if name not in owner:  # decided on the first batch
                 key = (x.data_ptr(), tuple(x.shape), tuple(x.stride()), x.dtype)
-                owner[name] = first_seen.setdefault(key, name)
+                owner[name] = first_seen.setdefault(key, (name, x))[0]
                 if owner[name] == name:
                     stats[name] = ChannelStats(layer.in_features, hessian=hessian, device=layer.weight.device)
             if owner[name] == name:
@@ -140,6 +142,7 @@ def collect_stats(
     finally:
         for h in handles:
             h.remove()
+        first_seen.clear()
     missing = [name for name in linears if name not in owner]
     if missing:
         raise ValueError(f"linear layers {missing} never ran in the block's forward; their inputs cannot be measured")
