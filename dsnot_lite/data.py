@@ -38,6 +38,11 @@ def resolve_data_dir(data_dir: str | os.PathLike | None = None) -> Path | None:
         explicit = [(os.environ[ENV_VAR], f"${ENV_VAR}")]
     for value, origin in explicit:
         folder = Path(value).expanduser()
+        if not folder.is_dir():
+            raise FileNotFoundError(
+                f"data folder {str(folder)!r} (from {origin}) does not exist; "
+                f"fix: point {origin} at a folder laid out like ../shared/data (see its README)"
+            )
         if not _has_data(folder):
             missing = [f for f in (*WIKITEXT_FILES.values(), C4_FILE) if not (folder / f).is_file()]
             raise FileNotFoundError(
