@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
@@ -64,16 +65,26 @@ def command(run: dict, args) -> list[str]:
 
 
 def cmd_run(args) -> None:
+    """Run every configuration without a result yet; two drivers (one ``--reverse``) can share the grid."""
     out = Path(args.out_dir)
     (out / "logs").mkdir(parents=True, exist_ok=True)
-    for run in grid():
+    for run in reversed(grid()) if args.reverse else grid():
         name = run_name(run)
         if (out / f"{name}.json").is_file():
             print(f"skip {name} (done)", flush=True)
             continue
+        claim = out / "logs" / f"{name}.claim"
+        try:  # atomic claim, so a second driver never runs the same configuration
+            os.close(os.open(claim, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+        except FileExistsError:
+            print(f"skip {name} (claimed by another driver; delete {claim} if none is running)", flush=True)
+            continue
         start = time.time()
-        with open(out / "logs" / f"{name}.log", "w") as log:
-            rc = subprocess.call(command(run, args), cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            with open(out / "logs" / f"{name}.log", "w") as log:
+                rc = subprocess.call(command(run, args), cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+        finally:
+            claim.unlink(missing_ok=True)
         print(f"{name}: exit {rc} after {time.time() - start:.0f} s", flush=True)
 
 
@@ -187,6 +198,7 @@ def main() -> None:
     parser.add_argument("--seqlen", type=int, default=512)
     parser.add_argument("--max-windows", type=int, default=40)
     parser.add_argument("--out-dir", default=str(ROOT / "results" / "issue5"))
+    parser.add_argument("--reverse", action="store_true", help="walk the grid from its end (a second driver)")
     parser.add_argument("--table-out", default=str(ROOT / "results" / "issue5_table.md"))
     args = parser.parse_args()
     cmd_run(args) if args.action == "run" else cmd_table(args)
