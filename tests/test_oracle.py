@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import dataclasses
+import zlib
 from pathlib import Path
 
 import pytest
@@ -193,3 +194,24 @@ def test_oracle_fp16_weight_matches():
     mask = initial_mask(weight, stats, "wanda", 0.5)
     cfg = dataclasses.replace(preset("official"), update_threshold=0.0)
     _assert_same(dsnot_oracle(weight, stats, mask, cfg), dsnot(weight, stats, mask, cfg), "fp16")
+
+
+@pytest.mark.parametrize("name", ["official", "paper"])
+@pytest.mark.parametrize("grow", GROW_CRITERIA)
+@pytest.mark.parametrize("prune", PRUNE_CRITERIA)
+def test_oracle_equals_dsnot_medium_layers(name, grow, prune):
+    """Rows longer than 2T (so the lists' two ends are materialised apart), ties, outliers, T = 50."""
+    g = torch.Generator().manual_seed(zlib.crc32(f"{name}/{grow}/{prune}".encode()))
+    rows, cols = 24, 160
+    weight = torch.randint(-6, 7, (rows, cols), generator=g).float() * 0.01  # many equal scores
+    weight[3] = 0
+    mean = torch.randn(cols, generator=g)
+    mean[torch.randperm(cols, generator=g)[:4]] *= 40
+    mean[torch.rand(cols, generator=g) < 0.1] = 0
+    var = torch.rand(cols, generator=g) + 0.1
+    var[torch.rand(cols, generator=g) < 0.05] = 0
+    stats = ChannelStats.from_tensors({"sum_metric_row": mean * 64, "scaler_row": mean.square() * 64 + var * 64, "var": var, "mean": mean})
+    cfg = dataclasses.replace(preset(name), grow=grow, prune=prune, update_threshold=0.01)
+    for sparsity in (0.5, 0.9):
+        mask = initial_mask(weight, stats, "wanda", sparsity)
+        _assert_same(dsnot_oracle(weight, stats, mask, cfg), dsnot(weight, stats, mask, cfg), f"{name} {grow}/{prune} {sparsity}")
