@@ -32,19 +32,6 @@ class BlockInputs:
         return sum(h.shape[0] for h in self.hidden)
 
 
-def _move_tensors(obj, device):
-    """``obj`` with every tensor inside (nested tuples/lists/dicts) moved to ``device``."""
-    if isinstance(obj, torch.Tensor):
-        return obj.to(device)
-    if isinstance(obj, tuple):
-        return tuple(_move_tensors(o, device) for o in obj)
-    if isinstance(obj, list):
-        return [_move_tensors(o, device) for o in obj]
-    if isinstance(obj, dict):
-        return {k: _move_tensors(v, device) for k, v in obj.items()}
-    return obj
-
-
 def move_outside_blocks(model: nn.Module, blocks: nn.ModuleList, device: str | torch.device) -> None:
     """Move every parameter and buffer of ``model`` except those of ``blocks`` to ``device``.
 
