@@ -118,7 +118,8 @@ def cmd_table(args) -> None:
         f"{pruned[0]['calib_seqlen'] if pruned else '—'} tokens from the 200-document local sample, seed "
         f"{any_run['seed']}; sequential block-by-block pruning.",
         f"- {any_run['device']}, {any_run['dtype']}, torch {any_run['versions']['torch']}, "
-        f"transformers {any_run['versions']['transformers']}, {any_run['threads']} threads.",
+        f"transformers {any_run['versions']['transformers']}, torch threads per run: "
+        f"{sorted({r['threads'] for r in results.values()})}.",
         "- DSnoT columns use the `official` preset (reference code: DSnoT on attention projections "
         "only, R6; no sign check, R5) unless the row says `paper` (every layer, sign check, true "
         "token statistics). Magnitude without DSnoT is one threshold per layer; SparseGPT without "
@@ -144,32 +145,34 @@ def cmd_table(args) -> None:
                 cell += f" ({(with_ds['ppl'] / base['ppl'] - 1) * 100:+.1f}%)"
             cells.append(cell)
         lines.append(f"| {label}{' (paper preset)' if preset == 'paper' else ''} | " + " | ".join(cells) + " |")
-    lines += ["", "## DSnoT diagnostics per run", ""]
+    lines += ["", "## Per-run diagnostics", ""]
     lines += [
-        "Mean over the layers DSnoT ran on of the relative output error ||dW X||_F / ||W X||_F on the "
-        "calibration inputs (from each layer's Hessian), before and after DSnoT; how many of those "
-        "layers DSnoT made worse; swaps; rows' stop reasons.",
+        "Achieved sparsity over all pruned linear layers; for DSnoT runs, the mean over the layers DSnoT "
+        "ran on of the relative output error ||dW X||_F / ||W X||_F on the calibration inputs (from each "
+        "layer's Hessian) before and after DSnoT, how many of those layers DSnoT made worse, swaps, and "
+        "the rows' stop reasons.",
         "",
-        "| run | layers refined | rel. error before | after | layers worse | swaps | stop reasons |",
-        "|---|---|---|---|---|---|---|",
+        "| run | ppl | achieved sparsity | layers refined | rel. error before | after | layers worse | swaps | stop reasons |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for name, r in results.items():
-        if not r["dsnot"]:
+        if r["method"] == "dense":
             continue
         refined = [layer for layer in r["layers"] if layer["dsnot_applied"]]
-        if not refined:
-            continue
-        before = sum(layer["rel_output_error_before"] for layer in refined) / len(refined)
-        after = sum(layer["rel_output_error_after"] for layer in refined) / len(refined)
-        worse = sum(layer["rel_output_error_after"] > layer["rel_output_error_before"] for layer in refined)
-        stops: dict[str, int] = {}
-        for layer in refined:
-            for k, v in layer["stop_reasons"].items():
-                stops[k] = stops.get(k, 0) + v
-        stop_text = ", ".join(f"{k} {v}" for k, v in stops.items() if v)
-        lines.append(
-            f"| {name} | {len(refined)} | {before:.4f} | {after:.4f} | {worse} | {r['total_swaps']} | {stop_text} |"
-        )
+        cells = [name, _fmt(r["ppl"]), f"{r['achieved_sparsity']:.4f}", str(len(refined))]
+        if refined:
+            before = sum(layer["rel_output_error_before"] for layer in refined) / len(refined)
+            after = sum(layer["rel_output_error_after"] for layer in refined) / len(refined)
+            worse = sum(layer["rel_output_error_after"] > layer["rel_output_error_before"] for layer in refined)
+            stops: dict[str, int] = {}
+            for layer in refined:
+                for k, v in layer["stop_reasons"].items():
+                    stops[k] = stops.get(k, 0) + v
+            stop_text = ", ".join(f"{k} {v}" for k, v in stops.items() if v)
+            cells += [f"{before:.4f}", f"{after:.4f}", str(worse), str(r["total_swaps"]), stop_text]
+        else:
+            cells += ["—"] * 5
+        lines.append("| " + " | ".join(cells) + " |")
     timed = results.get("wanda-s60-dsnot-official") or next(iter(results.values()))
     lines += ["", f"## Time per phase and peak memory of one run ({run_name_of(timed)})", ""]
     lines += ["| phase | seconds |", "|---|---|"]
