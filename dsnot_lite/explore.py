@@ -725,6 +725,40 @@ class ModelLab:
         return [self.run(**c) for c in tqdm(list(configs), desc="configurations", disable=not show)]
 
 
+LAB_SWEEPABLE = ("sparsity", "preset", "nm", "method")
+
+
+def lab_sweep(lab: ModelLab, param: str, values, method: str = "wanda", sparsity: float = 0.6, preset: str = "official"):
+    """Initial method vs + DSnoT for each value of ``param`` on a ``ModelLab`` (cached, resumable).
+
+    One row per value: ``ppl_initial``, ``ppl_dsnot``, ``delta_ppl`` (DSnoT minus initial, negative
+    = DSnoT helped), flips and the runs' achieved sparsity.
+    """
+    import pandas as pd
+
+    if param not in LAB_SWEEPABLE:
+        raise ValueError(f"cannot sweep {param!r} on a model; choose one of {LAB_SWEEPABLE}")
+    rows = []
+    for value in values:
+        kw = {"method": method, "sparsity": sparsity, "preset": preset, "nm": None}
+        kw[param] = tuple(value) if param == "nm" and value is not None else value
+        initial = lab.run(kw["method"], kw["sparsity"], kw["nm"])
+        refined = lab.run(kw["method"], kw["sparsity"], kw["nm"], dsnot=True, preset=kw["preset"])
+        shown = (f"{value[0]}:{value[1]}" if value else "unstructured") if param == "nm" else value
+        rows.append(
+            {
+                param: shown,
+                "ppl_initial": initial["ppl"],
+                "ppl_dsnot": refined["ppl"],
+                "delta_ppl": refined["ppl"] - initial["ppl"],
+                "flips": refined["total_flips"],
+                "sparsity_initial": initial["achieved_sparsity"],
+                "sparsity_dsnot": refined["achieved_sparsity"],
+            }
+        )
+    return pd.DataFrame(rows)
+
+
 @_cached(maxsize=2)
 def _test_ids(model: str, data_dir: str | None, device: str = "cpu", dtype: str | None = None) -> torch.Tensor:
     from dsnot_lite import data
@@ -822,6 +856,7 @@ __all__ = [
     "criterion_grid",
     "explain_row",
     "gain_by_type",
+    "lab_sweep",
     "layer_frame",
     "load_dense",
     "results_frame",

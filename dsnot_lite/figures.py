@@ -124,6 +124,21 @@ def save_text(text: str, path: str | os.PathLike) -> Path:
     return Path(path)
 
 
+def _log_axis(ax, axis: str = "y") -> None:
+    """Log scale with plain numbers (20, 50, 100) instead of 2 x 10^1."""
+    from matplotlib.ticker import LogLocator, ScalarFormatter
+
+    getattr(ax, f"set_{axis}scale")("log")
+    target = ax.yaxis if axis == "y" else ax.xaxis
+    fmt = ScalarFormatter()
+    fmt.set_scientific(False)
+    target.set_major_formatter(fmt)
+    target.set_minor_locator(LogLocator(subs=(2, 5)))
+    minor = ScalarFormatter()
+    minor.set_scientific(False)
+    target.set_minor_formatter(minor)
+
+
 def _new(nrows: int = 1, ncols: int = 1, size: tuple[float, float] = (6.4, 4.0), **kw):
     fig = Figure(figsize=size, layout="constrained")
     axes = fig.subplots(nrows, ncols, squeeze=False, **kw)
@@ -258,14 +273,14 @@ def channel_statistics(layer, ax=None):
     ax.bar(range(mean.size), mean, width=1.0, color=PALETTE[0])
     for c in layer.outlier_channels:
         ax.bar([c], [mean[c]], width=1.0, color=OKABE_ITO["vermillion"])
-    ax.set_yscale("log")
+    _log_axis(ax)
     ax.set_xlabel("input channel k")
     ax.set_ylabel("|E[A_k]| (token mean, input units, log)")
     ax.set_title(f"Input channel means ({len(layer.outlier_channels)} outlier channels in vermillion)")
     return fig
 
 
-def criterion_heatmap(frame, ax=None, title: str = "", label: str = "", fmt: str = "{:.4f}", cmap=SEQUENTIAL_CMAP):
+def criterion_heatmap(frame, ax=None, title: str = "", label: str = "", fmt: str = "{:.4g}", cmap=SEQUENTIAL_CMAP):
     """Heat map of a (prune criterion x grow criterion) table, values written in the cells."""
     import numpy as np
 
@@ -460,8 +475,13 @@ def _config_of(output, base: Path) -> dict | None:
     return None
 
 
+def _missing(value) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
 def _is_default_criteria(row) -> bool:
-    return (row["grow"] in (None, "eq2")) and (row["prune"] in (None, "eq3"))
+    """Runs with the paper's criteria (grow Eq. 2, prune Eq. 3), or without DSnoT."""
+    return (_missing(row["grow"]) or row["grow"] == "eq2") and (_missing(row["prune"]) or row["prune"] == "eq3")
 
 
 def _run_name(method: str, dsnot: bool, preset) -> str:
@@ -548,7 +568,7 @@ def main_figure(frame, sparsity: float = 0.6):
                 if np.isfinite(v):
                     ax.text(p, v, _fmt(v), ha="center", va="bottom", fontsize=7, rotation=90)
     ax.set_xticks(x, METHOD_ORDER)
-    ax.set_yscale("log")
+    _log_axis(ax)
     ax.set_xlabel("initial pruning method")
     ax.set_ylabel("WikiText-2 perplexity (log scale)")
     ax.set_title(f"Ours, {sparsity:.0%} unstructured ({_setting(sel) or 'no runs'})", fontsize=9)
@@ -565,7 +585,7 @@ def main_figure(frame, sparsity: float = 0.6):
             for p, v, t in zip(pos, vals, texts):
                 ax.text(p, v, t, ha="center", va="bottom", fontsize=7, rotation=90)
     ax.set_xticks(x, METHOD_ORDER)
-    ax.set_yscale("log")
+    _log_axis(ax)
     ax.set_xlabel("initial pruning method")
     ax.set_ylabel("WikiText-2 perplexity (log scale)")
     ax.set_title("Paper, 60% unstructured (quoted, not measured here)", fontsize=9)
@@ -591,7 +611,7 @@ def sparsity_figure(frame):
                         color=PALETTE[(i // 2) % len(PALETTE)],
                         label=f"{model}: {_run_name(method, ds, 'official')}")  # fmt: skip
                 i += 1
-    ax.set_yscale("log")
+    _log_axis(ax)
     ax.set_xlabel("sparsity (% of weights pruned)")
     ax.set_ylabel("WikiText-2 perplexity (log scale)")
     ax.set_title(f"Ours ({_setting(sel) or 'no runs'}); dashed: initial, solid: w. DSnoT", fontsize=9)
@@ -604,8 +624,8 @@ def sparsity_figure(frame):
         ax.plot([100 * s for s in xs], ys, marker="o", ls=ls, color=PALETTE[0], label=name)
         for s_, y in zip(xs, ys):
             ax.annotate(PAPER_SPARSITY_LLAMA1[s_][k], (100 * s_, y), textcoords="offset points",
-                        xytext=(4, 6 if k else -12), fontsize=7)  # fmt: skip
-    ax.set_yscale("log")
+                        xytext=(4, -12 if k else 6), fontsize=7)  # fmt: skip
+    _log_axis(ax)
     ax.set_xlabel("sparsity (% of weights pruned)")
     ax.set_ylabel("WikiText-2 perplexity (log scale)")
     ax.set_title("Paper, LLaMA-1 7B (quoted, not measured here)", fontsize=9)
@@ -658,12 +678,14 @@ def criterion_figure(frame):
     fig, axes = _new(1, 2, size=(11.0, 4.2))
     sel = frame[frame["dsnot"] & frame["grow"].notna() & (frame["method"] == "wanda") & frame["nm"].isna()]
     sel = sel[(sel["sparsity"] - 0.6).abs() < 1e-9]
+    if (sel["preset"] == "official").any():  # one preset per grid: the reference code's, if present
+        sel = sel[sel["preset"] == "official"]
     if sel["model"].nunique():
         model = sel["model"].value_counts().index[0]
         sel = sel[sel["model"] == model]
         grid = sel.pivot_table(index="prune", columns="grow", values="ppl", aggfunc="last")
         grid.index.name, grid.columns.name = "prune criterion", "grow criterion"
-        criterion_heatmap(grid, axes[0, 0], title=f"Ours: {model}, Wanda 60% ({len(sel)} runs)",
+        criterion_heatmap(grid, axes[0, 0], title=f"Ours: {model}, Wanda 60%, {sel['preset'].iloc[0]} preset ({len(sel)} runs)",
                           label="WikiText-2 perplexity", fmt="{:.2f}")  # fmt: skip
     else:
         axes[0, 0].text(0.5, 0.5, "no runs with stored grow/prune criteria\n(notebook 03 fills them)",
