@@ -63,6 +63,7 @@ class OracleResult:
     stop_reason: torch.Tensor  # long (C_out,), dsnot_lite.dsnot.STOP_REASONS codes
     initial_error: torch.Tensor  # float32 (C_out,)
     final_error: torch.Tensor  # float32 (C_out,)
+    swap_log: list[tuple[int, int, int, int]]  # (iteration, row, grown column, pruned column) of every swap
 
 
 @dataclass
@@ -208,7 +209,7 @@ def dsnot_oracle(
                 mask=list(pruned0), c=c_row, grow=grow, prune=prune, nm_key=nm_key,
                 gf=0, gb=len(grow.cols) - 1,
                 pf=0, pb=(len(prune.cols) - 1) if prune is not None else -1,
-                error=error, sign0=_sign(error), active=True, swaps=0, stop=RUNNING,
+                error=error, sign0=_sign(error), active=True, swaps=0, stop=RUNNING, log=[],
             )
         )
 
@@ -219,7 +220,7 @@ def dsnot_oracle(
         for s in state:
             if strict and not s["active"]:
                 continue  # strict: a stopped row neither moves its pointers nor writes
-            _step(s, cfg, nm, strict, threshold, sign_check)
+            _step(s, cfg, nm, strict, threshold, sign_check, cycle - 1)
     for s in state:
         if s["active"]:
             s["stop"] = MAX_CYCLES
@@ -230,6 +231,7 @@ def dsnot_oracle(
         stop_reason=torch.tensor([s["stop"] for s in state], dtype=torch.long),
         initial_error=errors0.clone(),
         final_error=torch.tensor(np.array([s["error"] for s in state], dtype=np.float32)),
+        swap_log=sorted((t, r, g, p) for r, s in enumerate(state) for t, g, p in s["log"]),
     )
 
 
@@ -256,7 +258,7 @@ def _pick(lst: _List, front: int, back: int, use_back: bool, strict: bool) -> in
     return lst.cols[pos]
 
 
-def _step(s: dict, cfg: DSnoTConfig, nm, strict: bool, threshold: np.float32, sign_check: bool) -> None:
+def _step(s: dict, cfg: DSnoTConfig, nm, strict: bool, threshold: np.float32, sign_check: bool, t: int) -> None:
     error = s["error"]
     c = s["c"]
 
@@ -324,4 +326,5 @@ def _step(s: dict, cfg: DSnoTConfig, nm, strict: bool, threshold: np.float32, si
         s["error"] = error + c[p_col]
         s["error"] = s["error"] - c[g_col]
         s["swaps"] += 1
+        s["log"].append((t, g_col, p_col))
     s["active"] = update

@@ -5,7 +5,8 @@
    errors bit for bit.
 2. Hypothesis: small random layers with ties, zero-variance channels, zero rows and all-zero
    statistics, T beyond the number of candidates, both presets, every grow x prune criterion (and
-   every N:M prune criterion), both statistics flavours, sign check on and off: oracle == dsnot.
+   every N:M prune criterion), both statistics flavours, sign check on and off: oracle == dsnot,
+   including the trace (iteration, row, grown and pruned column of every swap).
 """
 
 from __future__ import annotations
@@ -61,6 +62,11 @@ def _assert_same(oracle, fast, context=""):
     fast_stop = fast.stop_reason.cpu()
     ambiguous = (oracle.stop_reason == NO_CANDIDATES) & (fast_stop == SIGN_FLIP)
     assert torch.equal(oracle.stop_reason[~ambiguous], fast_stop[~ambiguous]), f"stop reasons differ {context}"
+    if fast.trace is not None:  # every swap: same iteration, row, grown and pruned column
+        tr = fast.trace
+        t, r = tr.swapped.nonzero(as_tuple=True)
+        logged = sorted(zip(t.tolist(), r.tolist(), tr.grown[t, r].tolist(), tr.pruned[t, r].tolist()))
+        assert logged == oracle.swap_log, f"traced swaps differ {context}"
 
 
 def test_reference_files_present():
@@ -168,7 +174,7 @@ NM_FAST = settings(deadline=None, max_examples=150, suppress_health_check=[Healt
 def test_oracle_equals_dsnot_unstructured(case):
     weight, stats, mask, cfg, nm, method = case
     oracle = dsnot_oracle(weight, stats, mask, cfg, nm, initial_method=method)
-    fast = dsnot(weight, stats, mask, cfg, nm, initial_method=method)
+    fast = dsnot(weight, stats, mask, cfg, nm, initial_method=method, trace=True)
     _assert_same(oracle, fast, str(cfg))
     if not cfg.reference_quirks:  # strict swaps keep every row's sparsity
         assert torch.equal(oracle.mask.sum(1), mask.sum(1))
@@ -179,7 +185,7 @@ def test_oracle_equals_dsnot_unstructured(case):
 def test_oracle_equals_dsnot_nm(case):
     weight, stats, mask, cfg, nm, method = case
     oracle = dsnot_oracle(weight, stats, mask, cfg, nm, initial_method=method)
-    fast = dsnot(weight, stats, mask, cfg, nm, initial_method=method)
+    fast = dsnot(weight, stats, mask, cfg, nm, initial_method=method, trace=True)
     _assert_same(oracle, fast, f"{cfg} nm={nm}")
     if not cfg.reference_quirks:  # strict in-block swaps keep N zeros per block
         n, m = nm
