@@ -106,12 +106,9 @@ class PhaseTimer:
             self.seconds[name] += time.perf_counter() - start
 
 
-def _relative_error(weight: torch.Tensor, delta: torch.Tensor, hessian: torch.Tensor) -> float:
-    """``||delta X||_F / ||W X||_F`` with ``X^T X`` proportional to ``hessian``."""
-    everything = torch.ones_like(weight, dtype=torch.bool)
-    num = row_output_error(delta, everything, hessian).square().sum()
-    den = row_output_error(weight, everything, hessian).square().sum()
-    return float((num / den).sqrt()) if float(den) > 0 else 0.0
+def _output_norm(weight: torch.Tensor, hessian: torch.Tensor) -> torch.Tensor:
+    """``||weight X||_F`` with ``X^T X`` proportional to ``hessian`` (from the per-row errors)."""
+    return row_output_error(weight, torch.ones_like(weight, dtype=torch.bool), hessian).square().sum().sqrt()
 
 
 def prune_layer(layer: nn.Linear, name: str, stats: ChannelStats, spec: PruneSpec) -> LayerRecord:
@@ -131,9 +128,10 @@ def prune_layer(layer: nn.Linear, name: str, stats: ChannelStats, spec: PruneSpe
         mask = initial_mask(weight, stats, spec.method, sparsity, nm, scope=scope)
     record = LayerRecord(name=name, shape=tuple(weight.shape), sparsity=0.0, dsnot_applied=use_dsnot)
     hessian = stats.hessian
-    if hessian is not None:
+    if hessian is not None:  # relative output error ||dW X||_F / ||W X||_F
+        dense_norm = float(_output_norm(w, hessian)) or 1.0
         before = w - new_w.float() if new_w is not None else torch.where(mask, w, torch.zeros_like(w))
-        record.rel_output_error_before = _relative_error(w, before, hessian)
+        record.rel_output_error_before = float(_output_norm(before, hessian)) / dense_norm
     if use_dsnot:
         dsnot_start = time.perf_counter()
         res = dsnot(weight, stats, mask, cfg, nm, initial_method=spec.method)
@@ -145,8 +143,7 @@ def prune_layer(layer: nn.Linear, name: str, stats: ChannelStats, spec: PruneSpe
     if new_w is None:
         new_w = weight.masked_fill(mask, 0)
     if hessian is not None:
-        after = w - new_w.float()
-        record.rel_output_error_after = _relative_error(w, after, hessian)
+        record.rel_output_error_after = float(_output_norm(w - new_w.float(), hessian)) / dense_norm
     layer.weight.data.copy_(new_w)
     record.sparsity = float((layer.weight.data == 0).float().mean())
     record.seconds = time.perf_counter() - start - record.dsnot_seconds

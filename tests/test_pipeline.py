@@ -204,3 +204,21 @@ def test_dense_is_a_no_op_and_bad_specs_fail_clearly():
         PruneSpec("wanda", 1.0)
     with pytest.raises(ValueError, match="fix"):
         PruneSpec("obs", 0.5)
+
+
+@pytest.mark.parametrize("method", ["wanda", "sparsegpt"])
+def test_reconstruction_error_record_matches_direct_computation(method):
+    """rel_output_error = ||(W - W_pruned) X||_F / ||W X||_F on block 0's real calibration inputs."""
+    dense_model, loaded = tiny_loaded("llama"), tiny_loaded("llama")
+    ids = calibration()
+    records = prune_model(loaded, ids, PruneSpec(method, 0.5), progress=False)
+    with torch.no_grad():
+        x = dense_model.model.model.layers[0].input_layernorm(dense_model.model.model.embed_tokens(ids))
+    x = x.reshape(-1, x.shape[-1]).double()
+    w = dense_model.model.model.layers[0].self_attn.q_proj.weight.detach().double()
+    w_new = loaded.model.model.layers[0].self_attn.q_proj.weight.detach().double()
+    expected = float(torch.linalg.norm((w - w_new) @ x.T) / torch.linalg.norm(w @ x.T))
+    record = records[0]
+    assert record.name == "model.layers.0.self_attn.q_proj"
+    assert record.rel_output_error_after == pytest.approx(expected, rel=1e-4)
+    assert record.rel_output_error_before == pytest.approx(expected, rel=1e-4)  # no DSnoT
