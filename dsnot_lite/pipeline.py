@@ -81,7 +81,8 @@ class LayerRecord:
     swaps: int = 0
     flips: int = 0
     stop_reasons: dict[str, int] = field(default_factory=dict)
-    # ||dW X||_F / ||W X||_F on the calibration inputs (from the layer's Hessian).
+    # ||dW X||_F / ||W X||_F on the calibration inputs (from the layer's Hessian); None when the
+    # Hessian was not accumulated (no DSnoT and not SparseGPT, unless record_errors=True).
     rel_output_error_before: float | None = None  # initial pruner (before DSnoT)
     rel_output_error_after: float | None = None  # final weights
     seconds: float = 0.0  # initial pruner and error metrics
@@ -156,21 +157,23 @@ def prune_model(
     spec: PruneSpec,
     device: str | torch.device = "cpu",
     batch_size: int = 8,
-    record_errors: bool = True,
+    record_errors: bool | None = None,
     timer: PhaseTimer | None = None,
     progress: bool = True,
 ) -> list[LayerRecord]:
     """Prune every decoder block of ``loaded`` in order; returns one record per linear layer.
 
     ``calibration_ids`` is (nsamples, seqlen). ``record_errors`` accumulates each layer's
-    Hessian so reconstruction errors can be reported (SparseGPT needs it regardless).
+    Hessian so reconstruction errors before/after DSnoT can be reported; by default only when
+    DSnoT runs (SparseGPT needs the Hessian regardless, so its errors come for free). The
+    Hessian roughly doubles the cost of the statistics pass.
     """
     timer = timer or PhaseTimer()
     if spec.method == "dense":
         return []
     model, blocks = loaded.model, loaded.blocks
     storage = next(blocks.parameters()).device
-    hessian = record_errors or spec.method == "sparsegpt"
+    hessian = (spec.dsnot if record_errors is None else record_errors) or spec.method == "sparsegpt"
     with timer.phase("capture"):
         inputs: BlockInputs = capture_block_inputs(model, blocks, calibration_ids, batch_size, device)
         move_outside_blocks(model, blocks, storage)
