@@ -1,0 +1,565 @@
+"""Per-layer cost of the pruners and of DSnoT on top of them, side by side, on LLaMA layer shapes.
+
+    .venv/bin/python bench/layer_costs.py                       # LLaMA-7B shapes + sweeps + oracle
+    .venv/bin/python bench/layer_costs.py --shapes 7b,13b,70b   # also the 13B and 70B shapes
+    .venv/bin/python bench/layer_costs.py --quick               # small shapes, a smoke run (~1 min)
+
+Writes ``bench/results/layer_costs.csv`` (one row per measurement), ``bench/results/layer_costs.json``
+(the same rows plus the environment, the load average and the summary ratios) and
+``figures/bench_layer_costs.png``. A plain script, not a test: the numbers depend on the machine.
+
+What is timed (CPU, fp32, ``torch.get_num_threads()`` threads, forward passes excluded as in the
+paper's Table 3): the mask of magnitude (per row), Wanda and the SparseGPT saliency (the
+reference's ``initial_method=sparsegpt``), full OBS SparseGPT (``sparsegpt_prune``) and DSnoT
+(``official`` preset, T=50) on the magnitude, Wanda and SparseGPT-saliency masks, plus DSnoT with
+``trace=True``. Every repeat runs all methods one after the other (interleaved), after warm-up
+repeats; the table reports the median, min and max, and ratios of medians to Wanda measured in the
+same run. Full SparseGPT is slow on 2 cores, so it is run once per shape (no warm-up), and beyond
+``--sparsegpt-max-cin`` input channels or ``--sparsegpt-max-numel`` weights it is *extrapolated*
+(labelled so in every output) from a sub-problem: ``rows`` rows and ``cols`` columns measured, then
+inverse-Hessian time x (C_in/cols)^3 + OBS sweep time x (C_out/rows) x (C_in/cols)^2. The script
+checks that rule on the largest measured shape and reports the estimate next to the measurement.
+
+Inputs are synthetic but shaped like LLM activations: weights N(0, 0.02) rounded through fp16,
+calibration tokens Gaussian with per-channel means, per-channel scales and 0.5% outlier channels
+scaled 20-50x (the recipe of ../shared/reference/official-dsnot/README.md), ``--nsamples`` samples of
+``--seqlen`` tokens fed to ``ChannelStats`` (the official statistics scale E[A] by seqlen, R1, which
+decides how many rows stop on epsilon; the stop counts are reported).
+
+Sweeps (on ``--sweep-shape``, Wanda mask): DSnoT time vs T (0 = list building only), vs C_in, vs
+C_out, and vs the number of rows that start active (epsilon set to quantiles of |E[Delta_r]|).
+Oracle: the per-row loop of tests/oracle.py against ``dsnot`` on ``--oracle-shape``, one oracle run
+(it is slow) against the median of the vectorised repeats, masks compared exactly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import gc
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))  # the oracle lives with the tests
+
+from dsnot_lite.dsnot import dsnot, preset  # noqa: E402
+from dsnot_lite.pruners import initial_mask, sparsegpt_inverse_hessian_diag, sparsegpt_prune  # noqa: E402
+from dsnot_lite.stats import ChannelStats  # noqa: E402
+
+SHAPES = {
+    "7b": [(4096, 4096), (11008, 4096), (4096, 11008)],
+    "13b": [(5120, 5120), (13824, 5120), (5120, 13824)],
+    "70b": [(8192, 8192), (28672, 8192), (8192, 28672)],
+    "quick": [(512, 512), (1376, 512), (512, 1376)],
+}
+LAYER_NAMES = {0: "attn q/k/v/o", 1: "mlp gate/up", 2: "mlp down"}
+# Okabe-Ito, colour-blind safe.
+PALETTE = ["#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#F0E442", "#000000"]
+FIELDS = [
+    "section", "shape", "rows", "cols", "method", "param", "value", "n", "median_s", "min_s", "max_s",
+    "ratio_to_wanda", "paired_ratio_median", "total_median_s", "total_ratio_to_wanda", "measured", "note",
+]  # fmt: skip
+
+
+def load() -> list[float]:
+    return [round(x, 2) for x in os.getloadavg()]
+
+
+def log(msg: str) -> None:
+    print(msg, flush=True)
+
+
+# ------------------------------------------------------------------------------------------------
+# Synthetic layers.
+
+
+def make_weight(rows: int, cols: int, seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randn(rows, cols, generator=g) * 0.02).half().float()
+
+
+def channel_profile(cols: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel mean and scale with 0.5% outlier channels scaled 20-50x."""
+    g = torch.Generator().manual_seed(seed + 1)
+    mean = torch.randn(cols, generator=g) * 0.3
+    scale = torch.rand(cols, generator=g) + 0.5
+    n_out = max(1, cols // 200)
+    idx = torch.randperm(cols, generator=g)[:n_out]
+    boost = 20 + 30 * torch.rand(n_out, generator=g)
+    mean[idx] *= boost
+    scale[idx] *= boost
+    return mean, scale
+
+
+def make_stats(cols: int, nsamples: int, seqlen: int, seed: int, hessian_cols: int = 0) -> tuple[ChannelStats, ChannelStats | None]:
+    """R1 statistics of synthetic tokens, and (optionally) a Hessian-carrying ChannelStats of the first ``hessian_cols`` channels."""
+    mean, scale = channel_profile(cols, seed)
+    g = torch.Generator().manual_seed(seed + 2)
+    stats = ChannelStats(cols)
+    hstats = ChannelStats(hessian_cols, hessian=True) if hessian_cols else None
+    for _ in range(nsamples):
+        x = torch.randn(1, seqlen, cols, generator=g) * scale + mean
+        stats.add_batch(x)
+        if hstats is not None:
+            hstats.add_batch(x[..., :hessian_cols].contiguous())
+        del x
+    return stats, hstats
+
+
+# ------------------------------------------------------------------------------------------------
+# Timing.
+
+
+def timed(fn) -> tuple[float, object]:
+    gc.collect()
+    start = time.perf_counter()
+    out = fn()
+    return time.perf_counter() - start, out
+
+
+def summarize(times: list[float]) -> dict:
+    return {"n": len(times), "median_s": statistics.median(times), "min_s": min(times), "max_s": max(times)}
+
+
+def sparsegpt_cost(weight, hstats, sparsity, rows_sub, cols_sub) -> tuple[float, bool, str]:
+    """Seconds of full SparseGPT, measured on the whole layer or extrapolated from a sub-problem."""
+    rows, cols = weight.shape
+    r, c = min(rows, rows_sub), min(cols, cols_sub)
+    h = hstats.hessian[:c, :c]
+    if (r, c) == (rows, cols):
+        t, _ = timed(lambda: sparsegpt_prune(weight, h, sparsity))
+        return t, True, "measured"
+    t_sub, _ = timed(lambda: sparsegpt_prune(weight[:r, :c].contiguous(), h, sparsity))
+    t_inv, _ = timed(lambda: sparsegpt_inverse_hessian_diag(h))
+    t_obs = max(t_sub - t_inv, 0.0)
+    est = t_inv * (cols / c) ** 3 + t_obs * (rows / r) * (cols / c) ** 2
+    note = (
+        f"extrapolated from {r}x{c}: inverse {t_inv:.2f}s x (C_in/{c})^3 + OBS sweep {t_obs:.2f}s "
+        f"x (C_out/{r}) x (C_in/{c})^2"
+    )
+    return est, False, note
+
+
+def bench_shape(rows, cols, args, cfg, trace: bool) -> list[dict]:
+    """All methods on one layer shape, interleaved within each repeat."""
+    shape = f"{rows}x{cols}"
+    sparsity = args.sparsity
+    with_sparsegpt = cols <= args.sparsegpt_max_cin
+    weight = make_weight(rows, cols, args.seed)
+    stats, hstats = make_stats(
+        cols, args.nsamples, args.seqlen, args.seed, hessian_cols=min(cols, args.sparsegpt_max_cin)
+    )
+    if with_sparsegpt:  # the saliency mask needs the whole Hessian
+        stats.hessian = hstats.hessian
+    masks = {
+        "magnitude": initial_mask(weight, None, "magnitude", sparsity),
+        "wanda": initial_mask(weight, stats, "wanda", sparsity),
+    }
+    if with_sparsegpt:
+        masks["sparsegpt"] = initial_mask(weight, stats, "sparsegpt", sparsity)
+
+    methods = {
+        "magnitude": lambda: initial_mask(weight, None, "magnitude", sparsity),
+        "wanda": lambda: initial_mask(weight, stats, "wanda", sparsity),
+    }
+    if with_sparsegpt:
+        methods["sparsegpt_saliency"] = lambda: initial_mask(weight, stats, "sparsegpt", sparsity)
+    for init in masks:
+        methods[f"dsnot[{init}]"] = lambda init=init: dsnot(weight, stats, masks[init], cfg, initial_method=init)
+    if trace:
+        methods["dsnot[wanda]+trace"] = lambda: dsnot(weight, stats, masks["wanda"], cfg, initial_method="wanda", trace=True)
+
+    times: dict[str, list[float]] = {name: [] for name in methods}
+    results = {}
+    load_before = load()
+    heavy: set[str] = set()  # methods slower than --heavy-s in warm-up are measured once
+    for rep in range(args.warmup + args.repeats):
+        for name, fn in methods.items():
+            if name in heavy and times[name]:
+                continue
+            t, out = timed(fn)
+            if rep >= args.warmup:
+                times[name].append(t)
+            elif t > args.heavy_s:
+                heavy.add(name)
+            results[name] = out
+            del out
+    # Full SparseGPT: once (or extrapolated), after the others.
+    sgpt_rows = args.sparsegpt_rows
+    numel_ok = rows * cols <= args.sparsegpt_max_numel
+    sgpt_t, sgpt_measured, sgpt_note = sparsegpt_cost(
+        weight, hstats, sparsity, rows if numel_ok else sgpt_rows, args.sparsegpt_max_cin
+    )
+    load_after = load()
+
+    wanda_med = statistics.median(times["wanda"])
+    out = []
+    mask_of = {"dsnot[magnitude]": "magnitude", "dsnot[wanda]": "wanda", "dsnot[sparsegpt]": "sparsegpt_saliency",
+               "dsnot[wanda]+trace": "wanda"}  # fmt: skip
+    for name, ts in times.items():
+        row = {"section": "layer", "shape": shape, "rows": rows, "cols": cols, "method": name, "param": "", "value": "",
+               **summarize(ts), "measured": True, "note": f"load {load_before}->{load_after}"}  # fmt: skip
+        row["ratio_to_wanda"] = row["median_s"] / wanda_med
+        # the same ratio taken inside each repeat (Wanda and this method ran seconds apart), then the median
+        row["paired_ratio_median"] = statistics.median(t / w for t, w in zip(ts, times["wanda"]))
+        if name in heavy:
+            row["note"] += f"; slower than {args.heavy_s:.0f}s in warm-up: measured once"
+        if name in mask_of:  # the pruner and DSnoT, paired repeat by repeat
+            total = [a + b for a, b in zip(times[mask_of[name]], ts)]
+            row["total_median_s"] = statistics.median(total)
+            row["total_ratio_to_wanda"] = row["total_median_s"] / wanda_med
+            res = results[name]
+            row["note"] += f"; swaps {int(res.swaps.sum())}; stops {res.stop_counts}"
+        out.append(row)
+    out.append({"section": "layer", "shape": shape, "rows": rows, "cols": cols, "method": "sparsegpt_full", "param": "",
+                "value": "", "n": 1, "median_s": sgpt_t, "min_s": sgpt_t, "max_s": sgpt_t,
+                "ratio_to_wanda": sgpt_t / wanda_med, "measured": sgpt_measured, "note": sgpt_note})  # fmt: skip
+    del weight, stats, hstats, masks, results
+    gc.collect()
+    return out
+
+
+def sparsegpt_check(rows, cols, args) -> dict:
+    """The extrapolation rule against a full measurement on one shape."""
+    weight = make_weight(rows, cols, args.seed)
+    _, hstats = make_stats(cols, args.nsamples, args.seqlen, args.seed, hessian_cols=cols)
+    sub_rows, sub_cols = max(rows // 4, 1), max(cols // 2, 128)
+    full, _, _ = sparsegpt_cost(weight, hstats, args.sparsity, rows, cols)
+    est, _, note = sparsegpt_cost(weight, hstats, args.sparsity, sub_rows, sub_cols)
+    return {"shape": f"{rows}x{cols}", "measured_s": full, "extrapolated_s": est, "rule": note, "ratio": est / full}
+
+
+# ------------------------------------------------------------------------------------------------
+# Sweeps.
+
+
+def sweep_point(weight, stats, mask, cfg, args) -> tuple[dict, object]:
+    """Median DSnoT time on one layer (used by the oracle comparison)."""
+    ts = []
+    res = None
+    for rep in range(args.warmup + args.repeats):
+        t, res = timed(lambda: dsnot(weight, stats, mask, cfg))
+        if rep >= args.warmup:
+            ts.append(t)
+    return summarize(ts), res
+
+
+def round_robin(points: dict, args) -> dict[str, list[float]]:
+    """Time every ``points[key]()`` once per repeat, all keys in turn, so load drift hits them alike."""
+    times = {key: [] for key in points}
+    for rep in range(args.warmup + args.repeats):
+        for key, fn in points.items():
+            t, _ = timed(fn)
+            if rep >= args.warmup:
+                times[key].append(t)
+    return times
+
+
+def sweeps(args, cfg) -> list[dict]:
+    """DSnoT cost vs T, vs rows active at the start, vs C_in and vs C_out; each sweep interleaved."""
+    rows, cols = args.sweep_shape
+    out = []
+
+    def record(param, value, ts, wanda_ts, res, r, c, note=""):
+        summary = summarize(ts)
+        wanda_med = statistics.median(wanda_ts)
+        row = {"section": "sweep", "shape": f"{r}x{c}", "rows": r, "cols": c, "method": "dsnot[wanda]", "param": param,
+               "value": value, **summary, "ratio_to_wanda": summary["median_s"] / wanda_med,
+               "paired_ratio_median": statistics.median(a / b for a, b in zip(ts, wanda_ts)),
+               "total_median_s": summary["median_s"] + wanda_med, "total_ratio_to_wanda": 1 + summary["median_s"] / wanda_med,
+               "measured": True, "note": f"swaps {int(res.swaps.sum())}; stops {res.stop_counts}{note}; load {load()}"}  # fmt: skip
+        out.append(row)
+        log(f"  {param}={value}: dsnot {summary['median_s']:.3f}s wanda {wanda_med:.3f}s paired x{row['paired_ratio_median']:.2f}")
+
+    weight = make_weight(rows, cols, args.seed)
+    stats, _ = make_stats(cols, args.nsamples, args.seqlen, args.seed)
+    mask = initial_mask(weight, stats, "wanda", args.sparsity)
+    wanda = lambda: initial_mask(weight, stats, "wanda", args.sparsity)  # noqa: E731
+
+    log(f"sweep T on {rows}x{cols}")
+    cfgs = {t: dataclasses.replace(cfg, max_cycle_time=t) for t in args.sweep_t}
+    points = {"wanda": wanda, **{t: (lambda c=c: dsnot(weight, stats, mask, c)) for t, c in cfgs.items()}}
+    times = round_robin(points, args)
+    for t, c in cfgs.items():
+        record("T", t, times[t], times["wanda"], dsnot(weight, stats, mask, c), rows, cols,
+               " (T=0: candidate lists only)" if t == 0 else "")  # fmt: skip
+
+    log(f"sweep active rows on {rows}x{cols} (epsilon = quantiles of |E[Delta_r]|)")
+    e0 = dsnot(weight, stats, mask, dataclasses.replace(cfg, max_cycle_time=0)).initial_error.abs()
+    cfgs = {}
+    for frac in args.sweep_active:
+        eps = 0.0 if frac >= 1 else float(torch.quantile(e0, 1 - frac))
+        cfgs[int((e0 > eps).sum())] = dataclasses.replace(cfg, update_threshold=eps)
+    points = {"wanda": wanda, **{k: (lambda c=c: dsnot(weight, stats, mask, c)) for k, c in cfgs.items()}}
+    times = round_robin(points, args)
+    for active0, c in cfgs.items():
+        res = dsnot(weight, stats, mask, c, trace=True)
+        iters = res.trace.swapped.shape[0]
+        mean_active = float(res.trace.swapped.float().sum(1).mean()) if iters else 0.0
+        record("active_rows", active0, times[active0], times["wanda"], res, rows, cols,
+               f"; epsilon {c.update_threshold:.4g}; iterations {iters}; mean swapping rows per iteration {mean_active:.0f}")  # fmt: skip
+    del weight, stats, mask
+    gc.collect()
+
+    for param, dims in (("C_in", [(rows, c) for c in args.sweep_dims]), ("C_out", [(r, cols) for r in args.sweep_dims])):
+        log(f"sweep {param}")
+        layers = {}
+        for r, c in dims:
+            w = make_weight(r, c, args.seed)
+            st, _ = make_stats(c, args.nsamples, args.seqlen, args.seed)
+            layers[(r, c)] = (w, st, initial_mask(w, st, "wanda", args.sparsity))
+        points = {}
+        for key, (w, st, m) in layers.items():
+            points[("wanda", key)] = lambda w=w, st=st: initial_mask(w, st, "wanda", args.sparsity)
+            points[("dsnot", key)] = lambda w=w, st=st, m=m: dsnot(w, st, m, cfg)
+        times = round_robin(points, args)
+        for (r, c), (w, st, m) in layers.items():
+            record(param, c if param == "C_in" else r, times[("dsnot", (r, c))], times[("wanda", (r, c))],
+                   dsnot(w, st, m, cfg), r, c)  # fmt: skip
+        del layers, points
+        gc.collect()
+    return out
+
+
+def trace_overhead(args, cfg) -> dict:
+    """DSnoT with trace=True vs trace=False, interleaved pairs, median of the per-pair ratios."""
+    rows, cols = args.sweep_shape
+    weight = make_weight(rows, cols, args.seed)
+    stats, _ = make_stats(cols, args.nsamples, args.seqlen, args.seed)
+    mask = initial_mask(weight, stats, "wanda", args.sparsity)
+    off, on = [], []
+    for rep in range(args.warmup + args.trace_pairs):
+        a, _ = timed(lambda: dsnot(weight, stats, mask, cfg))
+        b, _ = timed(lambda: dsnot(weight, stats, mask, cfg, trace=True))
+        if rep >= args.warmup:
+            off.append(a)
+            on.append(b)
+    return {"shape": f"{rows}x{cols}", "pairs": len(off), "off_median_s": statistics.median(off),
+            "on_median_s": statistics.median(on), "overhead_ratio_median": statistics.median(b / a for a, b in zip(off, on)),
+            "load": load()}  # fmt: skip
+
+
+def oracle_comparison(args, cfg) -> dict:
+    from oracle import dsnot_oracle
+
+    rows, cols = args.oracle_shape
+    weight = make_weight(rows, cols, args.seed)
+    stats, _ = make_stats(cols, args.nsamples, args.seqlen, args.seed)
+    mask = initial_mask(weight, stats, "wanda", args.sparsity)
+    summary, fast = sweep_point(weight, stats, mask, cfg, args)
+    t_oracle, slow = timed(lambda: dsnot_oracle(weight, stats, mask, cfg))
+    return {
+        "section": "oracle", "shape": f"{rows}x{cols}", "rows": rows, "cols": cols, "method": "dsnot[wanda] vs oracle",
+        "param": "", "value": "", **summary, "oracle_s": t_oracle, "speedup": t_oracle / summary["median_s"],
+        "masks_equal": bool(torch.equal(slow.mask, fast.mask)), "swaps_equal": bool(torch.equal(slow.swaps, fast.swaps)),
+        "final_error_equal": bool(torch.equal(slow.final_error, fast.final_error)), "swaps": int(fast.swaps.sum()),
+        "measured": True, "note": f"oracle run once; vectorised median of {summary['n']}; load {load()}",
+    }  # fmt: skip
+
+
+# ------------------------------------------------------------------------------------------------
+# Output.
+
+
+def plot(rows: list[dict], oracle: dict | None, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(2, 2, figsize=(13, 9))
+    layer = [r for r in rows if r["section"] == "layer"]
+    shapes = list(dict.fromkeys(r["shape"] for r in layer))
+    methods = list(dict.fromkeys(r["method"] for r in layer))
+    ax = axes[0, 0]
+    width = 0.8 / max(len(methods), 1)
+    for i, m in enumerate(methods):
+        xs, ys, hatch = [], [], []
+        for j, s in enumerate(shapes):
+            hit = [r for r in layer if r["shape"] == s and r["method"] == m]
+            if hit:
+                xs.append(j + (i - (len(methods) - 1) / 2) * width)
+                ys.append(hit[0]["median_s"])
+                hatch.append(not hit[0]["measured"])
+        bars = ax.bar(xs, ys, width, color=PALETTE[i % len(PALETTE)], label=m, edgecolor="black", linewidth=0.4)
+        for b, h in zip(bars, hatch):
+            if h:
+                b.set_hatch("//")
+    ax.set_xticks(range(len(shapes)), shapes)
+    ax.set_yscale("log")
+    ax.set_xlabel("layer shape C_out x C_in")
+    ax.set_ylabel("seconds (median; hatched = extrapolated)")
+    ax.set_title("Per-layer cost, CPU fp32")
+    ax.legend(fontsize=7, ncol=2)
+
+    sweep = [r for r in rows if r["section"] == "sweep"]
+
+    def line(ax, param, xlabel, logx=False, color=PALETTE[0], label="DSnoT (Wanda mask)", wanda=True):
+        pts = sorted((r["value"], r["median_s"], r["total_median_s"] - r["median_s"]) for r in sweep if r["param"] == param)
+        if not pts:
+            return
+        xs, ys, ws = zip(*pts)
+        ax.plot(xs, ys, "o-", color=color, label=label)
+        if wanda:
+            ax.plot(xs, ws, "s--", color=PALETTE[1], label="Wanda mask, same layer")
+        if logx:
+            ax.set_xscale("log", base=2)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("seconds (median)")
+        ax.legend(fontsize=8)
+
+    line(axes[0, 1], "T", "T (max cycles; 0 = candidate lists only)")
+    axes[0, 1].set_title("DSnoT cost vs T")
+    line(axes[1, 0], "C_in", "dimension (the other one fixed)", logx=True, label="DSnoT vs C_in", wanda=False)
+    line(axes[1, 0], "C_out", "dimension (the other one fixed)", logx=True, color=PALETTE[2], label="DSnoT vs C_out", wanda=False)
+    axes[1, 0].set_yscale("log")
+    axes[1, 0].set_title("DSnoT cost vs C_in and C_out")
+    line(axes[1, 1], "active_rows", "rows active at the start (epsilon varied)")
+    title = "DSnoT cost vs active rows"
+    if oracle:
+        title += f"\noracle {oracle['shape']}: vectorised {oracle['speedup']:.0f}x faster, masks equal: {oracle['masks_equal']}"
+    axes[1, 1].set_title(title, fontsize=10)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110, metadata={"Software": None})  # no version or date: re-runs do not churn
+    plt.close(fig)
+
+
+RUN_KEYS = ("command", "load_start", "load_end", "threads", "repeats", "warmup", "wall_s", "sections")
+
+
+def write(rows: list[dict], meta: dict, out_dir: Path, fig_path: Path, base: tuple | None = None) -> dict:
+    if base is not None:  # --merge: rows and meta of the earlier run, read once at the start
+        old_rows, old_meta = base
+        sections = {r["section"] for r in rows}
+        rows = [r for r in old_rows if r["section"] not in sections] + rows
+        meta = {**old_meta, **meta, "runs": old_meta.get("runs", []) + [{k: meta.get(k) for k in RUN_KEYS}]}
+    meta["summary_table"] = summary_table(rows)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with open(out_dir / "layer_costs.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=FIELDS, extrasaction="ignore")
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()})
+    (out_dir / "layer_costs.json").write_text(json.dumps({**meta, "rows": rows}, indent=1, default=str) + "\n")
+    plot(rows, meta.get("oracle"), fig_path)
+    return meta
+
+
+def summary_table(rows: list[dict]) -> str:
+    lines = ["| shape | method | median s | x Wanda | x Wanda, paired | with its mask, x Wanda | measured |", "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        if r["section"] != "layer":
+            continue
+        total = f"{r['total_ratio_to_wanda']:.2f}" if r.get("total_ratio_to_wanda") else ""
+        paired = f"{r['paired_ratio_median']:.2f}" if r.get("paired_ratio_median") else ""
+        lines.append(f"| {r['shape']} | {r['method']} | {r['median_s']:.3f} | {r['ratio_to_wanda']:.2f} | {paired} | {total} | {'yes' if r['measured'] else 'extrapolated'} |")
+    return "\n".join(lines)
+
+
+def parse_shape(text: str) -> tuple[int, int]:
+    a, b = text.lower().split("x")
+    return int(a), int(b)
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--shapes", default="7b", help="comma list of 7b, 13b, 70b, quick; 'none' for no layer table")
+    p.add_argument("--sparsity", type=float, default=0.5)
+    p.add_argument("--T", type=int, default=50, help="DSnoT max_cycle_time for the layer table")
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--heavy-s", type=float, default=30.0, help="methods slower than this in warm-up are measured once")
+    p.add_argument("--nsamples", type=int, default=2, help="calibration samples for the statistics")
+    p.add_argument("--seqlen", type=int, default=2048, help="tokens per sample (R1 scales E[A] by it; paper 2048)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--sparsegpt-max-cin", type=int, default=11008, help="beyond this C_in, SparseGPT is extrapolated")
+    p.add_argument("--sparsegpt-max-numel", type=int, default=4096 * 11008, help="beyond this many weights, extrapolated from --sparsegpt-rows rows")
+    p.add_argument("--sparsegpt-rows", type=int, default=2048)
+    p.add_argument("--no-sparsegpt-check", action="store_true", help="skip checking the extrapolation rule")
+    p.add_argument("--sweep-shape", type=parse_shape, default=(4096, 4096))
+    p.add_argument("--sweep-t", type=int, nargs="*", default=[0, 1, 5, 10, 25, 50, 100])
+    p.add_argument("--sweep-dims", type=int, nargs="*", default=[1024, 2048, 4096, 8192, 16384])
+    p.add_argument("--sweep-active", type=float, nargs="*", default=[1.0, 0.75, 0.5, 0.25, 0.1, 0.0])
+    p.add_argument("--no-sweeps", action="store_true")
+    p.add_argument("--trace-pairs", type=int, default=7, help="interleaved trace-off/trace-on pairs")
+    p.add_argument("--oracle-shape", type=parse_shape, default=(4096, 4096))
+    p.add_argument("--no-oracle", action="store_true")
+    p.add_argument("--merge", action="store_true",
+                   help="keep the rows of sections this run skips (e.g. --shapes none) from the existing output")  # fmt: skip
+    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's own choice)")
+    p.add_argument("--quick", action="store_true", help="small shapes and sweeps: checks the script runs")
+    p.add_argument("--out-dir", type=Path, default=ROOT / "bench" / "results")
+    p.add_argument("--figure", type=Path, default=ROOT / "figures" / "bench_layer_costs.png")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.shapes, args.sweep_shape, args.oracle_shape = "quick", (512, 512), (256, 256)
+        args.sweep_dims, args.sweep_t, args.repeats, args.trace_pairs = [256, 512, 1024], [0, 1, 10, 50], 2, 3
+        args.seqlen, args.sparsegpt_max_cin, args.sparsegpt_max_numel, args.sparsegpt_rows = 256, 1024, 512 * 1376, 256
+        if args.out_dir == ROOT / "bench" / "results":
+            args.out_dir = ROOT / "bench" / "results" / "quick"
+        if args.figure == ROOT / "figures" / "bench_layer_costs.png":
+            args.figure = args.out_dir / "bench_layer_costs.png"
+
+    torch.set_grad_enabled(False)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    cfg = dataclasses.replace(preset("official"), max_cycle_time=args.T)
+    meta = {
+        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "torch": torch.__version__, "python": platform.python_version(), "threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(), "machine": platform.machine(), "load_start": load(),
+        "dtype": "float32", "sparsity": args.sparsity, "T": args.T, "preset": "official",
+        "calibration": f"{args.nsamples} x {args.seqlen} synthetic tokens", "repeats": args.repeats, "warmup": args.warmup,
+    }  # fmt: skip
+    rows: list[dict] = []
+    base = None
+    if args.merge and (args.out_dir / "layer_costs.json").is_file():
+        old = json.loads((args.out_dir / "layer_costs.json").read_text())
+        old_meta = {k: v for k, v in old.items() if k != "rows"}
+        old_meta.setdefault("runs", [{k: old.get(k) for k in RUN_KEYS}])
+        base = (old["rows"], old_meta)
+    meta["sections"] = [s for s, on in (("layer", args.shapes != "none"), ("sweep", not args.no_sweeps)) if on]
+    started = time.perf_counter()
+    for group in [g for g in args.shapes.split(",") if g.strip() != "none"]:
+        for i, (r, c) in enumerate(SHAPES[group.strip()]):
+            log(f"layer {group} {r}x{c} ({LAYER_NAMES[i]}), load {load()}")
+            rows += bench_shape(r, c, args, cfg, trace=group.strip() in ("7b", "quick"))
+            for row in rows[-8:]:
+                if row["shape"] == f"{r}x{c}":
+                    log(f"  {row['method']:<20} {row['median_s']:8.3f}s  x{row['ratio_to_wanda']:.2f} Wanda"
+                        + (f"  (with mask x{row['total_ratio_to_wanda']:.2f})" if row.get("total_ratio_to_wanda") else ""))  # fmt: skip
+            write(rows, meta, args.out_dir, args.figure, base)  # partial results survive an interrupted run
+    if not args.no_sparsegpt_check:
+        r, c = SHAPES["quick" if args.quick else "7b"][1]
+        log(f"checking the SparseGPT extrapolation rule on {r}x{c}")
+        meta["sparsegpt_extrapolation_check"] = sparsegpt_check(r, c, args)
+        log(f"  {meta['sparsegpt_extrapolation_check']}")
+    if not args.no_sweeps:
+        rows += sweeps(args, cfg)
+        write(rows, meta, args.out_dir, args.figure, base)
+    if not args.no_sweeps:
+        log(f"trace overhead on {args.sweep_shape}")
+        meta["trace_overhead"] = trace_overhead(args, cfg)
+        log(f"  {meta['trace_overhead']}")
+    if not args.no_oracle:
+        log(f"oracle vs vectorised on {args.oracle_shape}")
+        meta["oracle"] = oracle_comparison(args, cfg)
+        log(f"  {meta['oracle']}")
+    meta["load_end"] = load()
+    meta["wall_s"] = time.perf_counter() - started
+    log(write(rows, meta, args.out_dir, args.figure, base)["summary_table"])
+
+
+if __name__ == "__main__":
+    main()
