@@ -202,6 +202,19 @@ def calibration_ids(
     return data.calibration_windows(loaded.tokenizer, data.c4_documents(data_dir), nsamples, seqlen, seed, progress=False)
 
 
+@_cached(maxsize=4)
+def heldout_ids(model: str, windows: int, seqlen: int, data_dir: str | None = None) -> torch.Tensor:
+    """The first ``windows`` non-overlapping ``seqlen``-token windows of WikiText-2 validation text."""
+    from dsnot_lite import data
+    from dsnot_lite.evaluation import tokenize_test_text
+
+    loaded, _ = load_dense(model)
+    ids = tokenize_test_text(loaded.tokenizer, data.wikitext_rows("validation", data_dir))
+    if ids.numel() < windows * seqlen:
+        raise ValueError(f"WikiText-2 validation has {ids.numel()} tokens, fewer than {windows} x {seqlen}; fix: lower them")
+    return ids[: windows * seqlen].view(windows, seqlen)
+
+
 @_cached(maxsize=8)
 def bundled_layer(
     block: int = 3,
@@ -215,10 +228,12 @@ def bundled_layer(
 ) -> Layer:
     """A real linear layer of ``model`` with its inputs on ``nsamples`` C4 calibration windows.
 
-    The windows are the pipeline's (``data.calibration_windows`` with ``seed``): the first
-    ``nsamples`` are the calibration set and the next ``heldout`` ones are held out. Block 0's
-    inputs are captured (``calibration.capture_block_inputs``), run through the *dense* blocks
-    before ``block`` (``run_block``) and the layer's statistics are collected with the pipeline's
+    The calibration windows are the pipeline's (``data.calibration_windows`` with ``seed``). The
+    held-out inputs come from the first ``heldout`` non-overlapping ``seqlen``-token windows of
+    WikiText-2 *validation* text, the same for every ``nsamples``, so held-out errors of layers
+    calibrated differently are comparable. Block 0's inputs are captured
+    (``calibration.capture_block_inputs``), run through the *dense* blocks before ``block``
+    (``run_block``) and the layer's statistics are collected with the pipeline's
     ``collect_stats``. (In the full pipeline the earlier blocks would already be pruned; for
     studying one layer the dense upstream is the cleaner setting.)
     """
@@ -232,7 +247,7 @@ def bundled_layer(
     linears = find_linears(loaded.blocks[block])
     if linear not in linears:
         raise ValueError(f"block {block} has no linear {linear!r}; choose one of {sorted(linears)}")
-    ids = calibration_ids(model, nsamples + heldout, seqlen, seed, data_dir)
+    ids = calibration_ids(model, nsamples, seqlen, seed, data_dir)
 
     def inputs_of(rows: torch.Tensor) -> tuple[BlockInputs, torch.Tensor]:
         hidden = capture_block_inputs(loaded.model, loaded.blocks, rows, batch_size=8)
@@ -246,9 +261,9 @@ def bundled_layer(
             handle.remove()
         return hidden, torch.cat(seen)
 
-    calib_hidden, calib_x = inputs_of(ids[:nsamples])
+    calib_hidden, calib_x = inputs_of(ids)
     stats = collect_stats(loaded.blocks[block], {linear: linears[linear]}, calib_hidden, hessian=True)[linear]
-    heldout_gram = gram_matrix(inputs_of(ids[nsamples:])[1]) if heldout else None
+    heldout_gram = gram_matrix(inputs_of(heldout_ids(model, heldout, seqlen, data_dir))[1]) if heldout else None
     weight = linears[linear].weight.detach().float().cpu().clone()
     mean = stats.mean.abs()
     outliers = torch.nonzero(mean > mean.median() + 6 * (mean - mean.median()).abs().median()).flatten()
@@ -263,7 +278,7 @@ def bundled_layer(
         outlier_channels=tuple(int(c) for c in outliers[:32]),
         description=(
             f"{model} {name} ({weight.shape[0]}x{weight.shape[1]}), inputs on {nsamples} C4 windows "
-            f"of {seqlen} tokens (seed {seed}), {heldout} held-out windows"
+            f"of {seqlen} tokens (seed {seed}), {heldout} held-out WikiText-2 validation windows"
         ),
     )
 
@@ -823,6 +838,8 @@ def layer_frame(result: dict):
         )
     frame = pd.DataFrame(rows)
     if len(frame):
+        for col in ("rel_error_before", "rel_error_after"):  # None when the run kept no Hessian
+            frame[col] = pd.to_numeric(frame[col], errors="coerce")
         frame["rel_change_%"] = 100 * (frame["rel_error_after"] / frame["rel_error_before"] - 1)
     return frame
 

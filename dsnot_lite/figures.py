@@ -37,7 +37,8 @@ OKABE_ITO = {
     "reddish purple": "#CC79A7",
     "black": "#000000",
 }
-PALETTE = [OKABE_ITO[k] for k in ("blue", "orange", "bluish green", "vermillion", "reddish purple", "sky blue", "yellow", "black")]
+# Yellow last: it has the least contrast on white.
+PALETTE = [OKABE_ITO[k] for k in ("blue", "orange", "bluish green", "vermillion", "reddish purple", "sky blue", "black", "yellow")]
 BEFORE, AFTER = OKABE_ITO["orange"], OKABE_ITO["blue"]
 DPI = 110
 SEQUENTIAL_CMAP = "viridis"
@@ -67,6 +68,36 @@ PAPER_TABLE7 = {  # LLaMA-7B, Wanda init, 60%: prune criterion -> grow criterion
 }
 # The prune=Wanda row of Table 7 has two values (10.72, 10.49) whose columns the source leaves
 # unclear (spec section 4), so it is left out of the grid.
+def paper_table7_frame():
+    """Paper Table 7 (perplexity, LLaMA-7B, Wanda 60%) as a prune x grow DataFrame (quoted)."""
+    import pandas as pd
+
+    frame = pd.DataFrame(PAPER_TABLE7).T.loc[["eq2", "eq3"], ["wanda", "eq3", "eq2"]].astype(float)
+    frame.index.name, frame.columns.name = "prune criterion", "grow criterion"
+    return frame
+
+
+def compare_with_paper(results, sparsity: float = 0.6):
+    """Our runs (result dicts) next to the paper's Table 1 LLaMA rows, one line per (method, DSnoT).
+
+    Columns: ``ours`` (perplexity we measured) and one ``paper: <model>`` column per quoted model.
+    """
+    import pandas as pd
+
+    lines = []
+    for r in results:
+        if r.get("nm") or (r["method"] != "dense" and abs(r["sparsity"] - sparsity) > 1e-9):
+            continue
+        key = "dense" if r["method"] == "dense" else (r["method"], bool(r["dsnot"]))
+        label = _run_name(r["method"], bool(r["dsnot"]), r.get("preset"))
+        line = {"run": label, "ours": r["ppl"]}
+        for model in ("LLaMA-1 7B", "LLaMA-2 7B"):
+            quoted = PAPER_TABLE1[model].get(key)
+            line[f"paper: {model}"] = quoted if quoted is not None and (key == "dense" or r.get("preset") in (None, "official")) else "–"
+        lines.append(line)
+    return pd.DataFrame(lines)
+
+
 PAPER_SOURCE = "Zhang et al., ICLR 2024, as quoted in the spec, section 4"
 METHOD_ORDER = ("magnitude", "sparsegpt", "wanda")
 STOP_LABELS = {"running": "still running", "threshold": "|E[Δ]| ≤ ε", "max_cycles": "T reached",
@@ -126,23 +157,26 @@ def save_text(text: str, path: str | os.PathLike) -> Path:
 
 def _log_axis(ax, axis: str = "y") -> None:
     """Log scale with plain numbers (20, 50, 100) instead of 2 x 10^1."""
-    from matplotlib.ticker import LogLocator, ScalarFormatter
+    from matplotlib.ticker import FuncFormatter, LogLocator
 
     getattr(ax, f"set_{axis}scale")("log")
     target = ax.yaxis if axis == "y" else ax.xaxis
-    fmt = ScalarFormatter()
-    fmt.set_scientific(False)
-    target.set_major_formatter(fmt)
+    plain = FuncFormatter(lambda v, _pos: f"{v:g}")
+    target.set_major_formatter(plain)
     target.set_minor_locator(LogLocator(subs=(2, 5)))
-    minor = ScalarFormatter()
-    minor.set_scientific(False)
-    target.set_minor_formatter(minor)
+    target.set_minor_formatter(plain)
 
 
 def _new(nrows: int = 1, ncols: int = 1, size: tuple[float, float] = (6.4, 4.0), **kw):
     fig = Figure(figsize=size, layout="constrained")
     axes = fig.subplots(nrows, ncols, squeeze=False, **kw)
     return fig, axes
+
+
+def side_by_side(n: int, size: tuple[float, float] = (5.5, 4.2)):
+    """A figure with ``n`` panels in a row: ``(fig, [ax, ...])`` for the plotters' ``ax=`` argument."""
+    fig, axes = _new(1, n, size=(size[0] * n, size[1]))
+    return fig, list(axes[0])
 
 
 def _own(ax, size=(6.4, 4.0)):
@@ -185,9 +219,14 @@ def convergence(run, rows, ax=None, highlight: int | None = None):
 def flip_histogram(run, ax=None):
     """How many mask entries each row flipped (2 per swap)."""
     fig, ax = _own(ax)
+    import numpy as np
+
     flips = run.flips_per_row.numpy()
     top = max(int(flips.max()), 1)
-    ax.hist(flips, bins=min(50, top + 1), range=(-0.5, top + 0.5), color=AFTER, edgecolor="white")
+    step = 2 if not (flips % 2).any() else 1  # a swap flips two entries: counts are usually even
+    step *= max(1, math.ceil((top + 1) / step / 50))  # at most about 50 bars
+    edges = np.arange(-step / 2, top + step, step)
+    ax.hist(flips, bins=edges, color=AFTER, edgecolor="white")
     ax.set_xlabel("mask entries flipped in the row (count)")
     ax.set_ylabel("rows (count)")
     ax.set_title(f"Flips per row: {int(flips.sum())} in all, {int((flips > 0).sum())}/{flips.size} rows changed")
@@ -692,18 +731,21 @@ def criterion_figure(frame):
                         ha="center", va="center", transform=axes[0, 0].transAxes)  # fmt: skip
         axes[0, 0].set_axis_off()
         axes[0, 0].set_title("Ours")
-    paper = pd.DataFrame(PAPER_TABLE7).T.loc[["eq2", "eq3"], ["wanda", "eq3", "eq2"]].astype(float)
-    paper.index.name, paper.columns.name = "prune criterion", "grow criterion"
-    criterion_heatmap(paper, axes[0, 1], title="Paper Table 7, LLaMA-7B (quoted, not measured here)",
+    criterion_heatmap(paper_table7_frame(), axes[0, 1], title="Paper Table 7, LLaMA-7B (quoted, not measured here)",
                       label="WikiText-2 perplexity", fmt="{:.2f}")  # fmt: skip
     fig.suptitle("Grow x prune criteria (paper Table 7)")
     return fig
 
 
 def layer_figure(frame):
-    """Per-layer error before/after DSnoT for the latest Wanda + DSnoT run whose JSON has layer records."""
+    """Per-layer error before/after DSnoT for the latest Wanda + DSnoT run whose JSON has layer records.
+
+    Runs with the official preset and the method's criteria are preferred.
+    """
     sel = frame[frame["dsnot"] & (frame["method"] == "wanda") & frame["output"].notna()]
-    for _, row in sel.iloc[::-1].iterrows():
+    rank = [(r["preset"] == "official") + _is_default_criteria(r) for _, r in sel.iterrows()]
+    sel = sel.assign(_rank=rank).sort_values("_rank", kind="stable")
+    for index, row in sel.iloc[::-1].iterrows():
         data = _json_of(row["output"])
         if data and data.get("layers") and data["layers"][0].get("rel_output_error_before") is not None:
             from dsnot_lite.explore import layer_frame
@@ -714,7 +756,7 @@ def layer_figure(frame):
             layer_error_change(lf, axes[1, 0])
             flips_per_layer(lf, axes[2, 0])
             fig.suptitle(f"Ours: {row['model']}, {_run_name('wanda', True, row['preset'])} at "
-                         f"{row['nm'] or format(row['sparsity'], '.0%')} ({_setting(frame.loc[[_]])})")  # fmt: skip
+                         f"{row['nm'] or format(row['sparsity'], '.0%')}\n{_setting(frame.loc[[index]])}")  # fmt: skip
             return fig
     return None
 

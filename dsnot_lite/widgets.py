@@ -21,8 +21,13 @@ from dsnot_lite import explore, figures
 from dsnot_lite.dsnot import GROW_CRITERIA, PRUNE_CRITERIA
 from dsnot_lite.explore import LayerParams
 
-SIGN_CHECK_OPTIONS = [("preset default", None), ("on", True), ("off", False)]
-NM_OPTIONS = [("unstructured", None), ("2:4", (2, 4)), ("4:8", (4, 8))]
+# Dropdown values are strings: ipywidgets 8 shows an option whose value is None as "no selection".
+SIGN_CHECK_OPTIONS = {"preset default": None, "on": True, "off": False}
+NM_OPTIONS = {"unstructured": None, "2:4": (2, 4), "4:8": (4, 8)}
+
+
+def _key(mapping: dict, value) -> str:
+    return next(k for k, v in mapping.items() if v == value)
 _STYLE = {"description_width": "110px"}
 _LAYOUT = W.Layout(width="330px")
 
@@ -54,10 +59,10 @@ class LayerExplorer:
             "eps": _slider(W.FloatLogSlider, "ε (threshold)", value=p.eps, base=10, min=-3, max=2, step=0.25, readout_format=".3g"),
             "grow": _dropdown("grow criterion", list(GROW_CRITERIA), p.grow),
             "prune": _dropdown("prune criterion", list(PRUNE_CRITERIA), p.prune),
-            "sign_check": _dropdown("sign check", SIGN_CHECK_OPTIONS, p.sign_check),
+            "sign_check": _dropdown("sign check", list(SIGN_CHECK_OPTIONS), _key(SIGN_CHECK_OPTIONS, p.sign_check)),
             "preset": _dropdown("preset", ["official", "paper"], p.preset),
             "method": _dropdown("initial mask", list(explore.LAYER_METHODS), p.method),
-            "nm": _dropdown("N:M", NM_OPTIONS, p.nm),
+            "nm": _dropdown("N:M", list(NM_OPTIONS), _key(NM_OPTIONS, tuple(p.nm) if p.nm else None)),
             "row": _slider(W.IntSlider, "row to follow", value=0, min=0, max=rows_out - 1, step=1),
         }
         self.status = W.HTML(layout=W.Layout(width="100%"))
@@ -84,14 +89,14 @@ class LayerExplorer:
     # -- thin callbacks -------------------------------------------------------------------
     def params(self) -> LayerParams:
         c = self.controls
-        nm = c["nm"].value
+        nm = NM_OPTIONS[c["nm"].value]
         return LayerParams(
             sparsity=round(float(c["sparsity"].value), 4) if nm is None else nm[0] / nm[1],
             T=int(c["T"].value),
             eps=float(c["eps"].value),
             grow=c["grow"].value,
             prune=c["prune"].value,
-            sign_check=c["sign_check"].value,
+            sign_check=SIGN_CHECK_OPTIONS[c["sign_check"].value],
             preset=c["preset"].value,
             method=c["method"].value,
             nm=nm,

@@ -26,6 +26,9 @@ def test_layer_explorer_starts_on_the_worst_row(layer):
     assert ex.image.value[:8] == b"\x89PNG\r\n\x1a\n"
     assert f"{ex.result.summary['flips']} flips" in ex.status.value
     assert ex.widget.children[-1] is ex.image
+    for name, control in ex.controls.items():  # every dropdown shows a selection (None would show blank)
+        if hasattr(control, "index"):
+            assert control.index is not None and control.label, name
 
 
 def test_every_control_reaches_run_layer(layer):
@@ -36,18 +39,19 @@ def test_every_control_reaches_run_layer(layer):
         "eps": ("eps", 1.0),
         "grow": ("grow", "wanda"),
         "prune": ("prune", "magnitude"),
-        "sign_check": ("sign_check", True),
+        "sign_check": ("sign_check", "on"),
         "preset": ("preset", "paper"),
         "method": ("method", "magnitude"),
     }
+    expected = {"sign_check": True}
     for control, (field, value) in changes.items():
         before_png, before_run = ex.image.value, ex.result
         ex.controls[control].value = value
-        assert getattr(ex.result.params, field) == pytest.approx(value) if isinstance(value, float) else getattr(ex.result.params, field) == value
+        assert getattr(ex.result.params, field) == pytest.approx(expected.get(control, value)), control
         assert ex.result is not before_run, control
         assert ex.image.value != before_png, control
     assert ex.result.config.sign_check is True and ex.result.config.statistics == "true"
-    ex.controls["nm"].value = (2, 4)
+    ex.controls["nm"].value = "2:4"
     assert ex.result.params.nm == (2, 4) and ex.result.params.sparsity == 0.5
     assert bool((ex.result.mask.reshape(32, -1, 4).sum(-1) == 2).all())
 
