@@ -420,6 +420,7 @@ def plot(rows: list[dict], oracle: dict | None, path: Path) -> None:
 
     line(axes[0, 1], "T", "T (max cycles; 0 = candidate lists only)")
     axes[0, 1].set_title("DSnoT cost vs T")
+    axes[0, 1].set_ylim(bottom=0)
     line(axes[1, 0], "C_in", "dimension (the other one fixed)", logx=True, label="DSnoT vs C_in", wanda=False)
     line(axes[1, 0], "C_out", "dimension (the other one fixed)", logx=True, color=PALETTE[2], label="DSnoT vs C_out", wanda=False)
     axes[1, 0].set_yscale("log")
@@ -429,6 +430,7 @@ def plot(rows: list[dict], oracle: dict | None, path: Path) -> None:
     if oracle:
         title += f"\noracle {oracle['shape']}: vectorised {oracle['speedup']:.0f}x faster, masks equal: {oracle['masks_equal']}"
     axes[1, 1].set_title(title, fontsize=10)
+    axes[1, 1].set_ylim(bottom=0)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110, metadata={"Software": None})  # no version or date: re-runs do not churn
@@ -441,8 +443,9 @@ RUN_KEYS = ("command", "load_start", "load_end", "threads", "repeats", "warmup",
 def write(rows: list[dict], meta: dict, out_dir: Path, fig_path: Path, base: tuple | None = None) -> dict:
     if base is not None:  # --merge: rows and meta of the earlier run, read once at the start
         old_rows, old_meta = base
-        sections = {r["section"] for r in rows}
-        rows = [r for r in old_rows if r["section"] not in sections] + rows
+        key = lambda r: (r["section"], r["shape"], r["method"], str(r["param"]), str(r["value"]))  # noqa: E731
+        fresh = {key(r) for r in rows}
+        rows = [r for r in old_rows if key(r) not in fresh] + rows
         meta = {**old_meta, **meta, "runs": old_meta.get("runs", []) + [{k: meta.get(k) for k in RUN_KEYS}]}
     meta["summary_table"] = summary_table(rows)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -496,7 +499,8 @@ def main(argv=None) -> None:
     p.add_argument("--oracle-shape", type=parse_shape, default=(4096, 4096))
     p.add_argument("--no-oracle", action="store_true")
     p.add_argument("--merge", action="store_true",
-                   help="keep the rows of sections this run skips (e.g. --shapes none) from the existing output")  # fmt: skip
+                   help="keep the earlier output's rows that this run does not measure again (e.g. --shapes none, or --shapes 13b)")  # fmt: skip
+    p.add_argument("--replot", action="store_true", help="only redraw the figure from the existing JSON")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's own choice)")
     p.add_argument("--quick", action="store_true", help="small shapes and sweeps: checks the script runs")
     p.add_argument("--out-dir", type=Path, default=ROOT / "bench" / "results")
@@ -511,6 +515,10 @@ def main(argv=None) -> None:
         if args.figure == ROOT / "figures" / "bench_layer_costs.png":
             args.figure = args.out_dir / "bench_layer_costs.png"
 
+    if args.replot:
+        old = json.loads((args.out_dir / "layer_costs.json").read_text())
+        plot(old["rows"], old.get("oracle"), args.figure)
+        return
     torch.set_grad_enabled(False)
     if args.threads:
         torch.set_num_threads(args.threads)
