@@ -50,6 +50,8 @@ def _add_run_parser(sub) -> None:
     p.add_argument("--model", default="smollm2-135m", help="bundled name (smollm2-135m), local HF folder or hub id")
     p.add_argument("--method", default="wanda", choices=["dense", "magnitude", "wanda", "sparsegpt"])
     p.add_argument("--dsnot", action="store_true", help="refine the initial mask with DSnoT")
+    p.add_argument("--no-weight-update", action="store_true",
+                   help="SparseGPT without DSnoT: saliency mask only, no OBS weight update (DSnoT's starting point)")
     p.add_argument("--preset", default="official", choices=["official", "paper"], help="DSnoT preset")
     p.add_argument("--sparsity", type=float, default=None, help="fraction of zeros per layer, in [0, 1)")
     p.add_argument("--nm", default=None, help="N:M semi-structured sparsity, e.g. 2:4")
@@ -111,7 +113,9 @@ def _run_config(args):
         data_mod.resolve_data_dir(args.data_dir)
     except FileNotFoundError as exc:
         raise UsageError(str(exc)) from None
-    spec = PruneSpec(args.method, sparsity, nm, args.dsnot, args.preset)
+    if args.no_weight_update and (args.method != "sparsegpt" or args.dsnot):
+        raise UsageError("--no-weight-update applies only to --method sparsegpt without --dsnot; fix: drop it")
+    spec = PruneSpec(args.method, sparsity, nm, args.dsnot, args.preset, weight_update=not args.no_weight_update)
     return RunConfig(
         model=args.model, spec=spec, nsamples=args.nsamples, seqlen=args.seqlen, seed=args.seed,
         max_windows=args.max_windows, data_dir=args.data_dir, device=args.device, dtype=args.dtype,

@@ -98,6 +98,7 @@ def run_experiment(cfg: RunConfig) -> dict:
         "dsnot": spec.dsnot,
         "preset": spec.preset if spec.dsnot else None,
         "dsnot_config": dataclasses.asdict(spec.config()) if spec.dsnot else None,
+        "weight_update": spec.method == "sparsegpt" and not spec.dsnot and spec.weight_update,
         "sparsity": spec.target_sparsity,
         "nm": f"{spec.nm[0]}:{spec.nm[1]}" if spec.nm else None,
         "achieved_sparsity": zeros / numel if numel else 0.0,
@@ -143,6 +144,8 @@ def default_output(cfg: RunConfig) -> Path:
     parts = [name, spec.method]
     if spec.dsnot:
         parts.append(f"dsnot-{spec.preset}")
+    if not spec.weight_update:
+        parts.append("mask-only")
     if spec.method != "dense":
         parts.append(f"{spec.nm[0]}_{spec.nm[1]}" if spec.nm else f"s{round(spec.sparsity * 100)}")
     return Path("results") / ("-".join(parts) + ".json")

@@ -11,7 +11,8 @@ What each method does on one layer (spec R7, R8):
 * ``magnitude`` without DSnoT: one threshold per layer (the reference baseline);
   with DSnoT: per-row magnitude mask, then DSnoT.
 * ``wanda``: per-row Wanda mask, then DSnoT if asked.
-* ``sparsegpt`` without DSnoT: full OBS SparseGPT with weight update (``sparsegpt_prune``);
+* ``sparsegpt`` without DSnoT: full OBS SparseGPT with weight update (``sparsegpt_prune``),
+  or, with ``weight_update=False``, only the saliency mask (the baseline DSnoT starts from);
   with DSnoT: SparseGPT saliency mask with a really accumulated Hessian, no weight update,
   then DSnoT (what the reference code does, with R8 repaired).
 * N:M: every method's mask keeps N zeros per M-block; DSnoT's swaps stay inside a block.
@@ -51,6 +52,7 @@ class PruneSpec:
     dsnot: bool = False
     preset: str = "official"
     dsnot_config: DSnoTConfig | None = None  # overrides the preset when given
+    weight_update: bool = True  # SparseGPT without DSnoT: OBS weight update (True) or saliency mask only
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -59,6 +61,11 @@ class PruneSpec:
             raise ValueError("DSnoT refines a pruned mask; fix: pick a pruning method other than dense")
         if not 0.0 <= self.sparsity < 1.0:
             raise ValueError(f"sparsity must be in [0, 1), got {self.sparsity}; fix: e.g. 0.6 for 60% zeros")
+        if not self.weight_update and (self.method != "sparsegpt" or self.dsnot):
+            raise ValueError(
+                "weight_update=False only applies to SparseGPT without DSnoT (DSnoT never updates weights); "
+                "fix: drop it or use --method sparsegpt without --dsnot"
+            )
         if self.nm is not None and not (0 < self.nm[0] < self.nm[1]):
             raise ValueError(f"N:M needs 0 < N < M, got {self.nm[0]}:{self.nm[1]}; fix: e.g. 2:4")
 
@@ -122,7 +129,7 @@ def prune_layer(layer: nn.Linear, name: str, stats: ChannelStats, spec: PruneSpe
     use_dsnot = spec.dsnot and cfg.applies_to(name)
     sparsity = spec.target_sparsity
     new_w = None
-    if spec.method == "sparsegpt" and not spec.dsnot:
+    if spec.method == "sparsegpt" and not spec.dsnot and spec.weight_update:
         new_w, mask = sparsegpt_prune(weight, stats.hessian, sparsity, nm)
     else:
         scope = "layer" if spec.method == "magnitude" and not spec.dsnot and nm is None else "row"

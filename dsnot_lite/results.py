@@ -12,7 +12,7 @@ from pathlib import Path
 
 # Columns of the results table, in order; a run's JSON carries these keys and more.
 TABLE_COLUMNS = (
-    "model", "method", "dsnot", "preset", "sparsity", "nm", "ppl", "seqlen", "windows", "total_windows",
+    "model", "method", "dsnot", "preset", "weight_update", "sparsity", "nm", "ppl", "seqlen", "windows", "total_windows",
     "max_windows", "nsamples", "calib_seqlen", "seed", "device", "dtype", "achieved_sparsity",
     "seconds_total", "peak_memory_mb", "output", "finished_at",
 )  # fmt: skip

@@ -48,6 +48,7 @@ def _run(argv, tmp_path, capsys):
         (["--method", "wanda", "--sparsity", "0.5", "--data-dir", "/nonexistent/data"], r"data folder '/nonexistent/data' \(from --data-dir\) does not exist"),
         (["--method", "wanda", "--sparsity", "0.5", "--max-windows", "0"], r"--max-windows must be >= 1"),
         (["--method", "wanda", "--sparsity", "0.5", "--device", "tpu"], r"--device 'tpu' is not supported"),
+        (["--method", "wanda", "--sparsity", "0.5", "--no-weight-update"], r"--no-weight-update applies only to"),
         (["--model", "/nonexistent/model", "--method", "wanda", "--sparsity", "0.5"], r"does not exist"),
     ],
 )

@@ -37,6 +37,7 @@ SPECS = {
                                    dsnot_config=dataclasses.replace(preset("paper"), update_threshold=0.0)),
     "sparsegpt": PruneSpec("sparsegpt", 0.5),
     "sparsegpt+dsnot": PruneSpec("sparsegpt", 0.6, dsnot=True),
+    "sparsegpt mask only": PruneSpec("sparsegpt", 0.6, weight_update=False),
     "magnitude": PruneSpec("magnitude", 0.6),
     "magnitude+dsnot": PruneSpec("magnitude", 0.5, dsnot=True),
     "wanda 2:4+dsnot official": PruneSpec("wanda", nm=(2, 4), dsnot=True),
@@ -71,7 +72,7 @@ def test_pipeline_end_to_end(arch, label):
                 assert bool((per_block >= 1).any()), r.name
             else:
                 assert bool((per_block == n).all()), r.name
-        elif spec.method in ("magnitude", "sparsegpt") and not spec.dsnot:
+        elif not spec.dsnot and (spec.method == "magnitude" or spec.method == "sparsegpt" and spec.weight_update):
             # one threshold per layer (magnitude baseline) or per 128-column block (SparseGPT)
             assert float(zeros.float().mean()) == pytest.approx(spec.sparsity, abs=1 / w.numel() + 1e-9)
         elif r.dsnot_applied and cfg.reference_quirks:
@@ -90,7 +91,7 @@ def test_pipeline_end_to_end(arch, label):
         assert (r.rel_output_error_before is not None) == has_errors == (r.rel_output_error_after is not None)
         if has_errors and not r.dsnot_applied:
             assert r.rel_output_error_after == pytest.approx(r.rel_output_error_before)
-        if spec.method != "sparsegpt" or spec.dsnot:  # no weight update: kept weights unchanged
+        if spec.method != "sparsegpt" or spec.dsnot or not spec.weight_update:  # kept weights unchanged
             kept = ~zeros
             assert torch.equal(w[kept], dense[r.name][kept])
     if spec.dsnot and spec.preset == "official":
@@ -205,6 +206,8 @@ def test_dense_is_a_no_op_and_bad_specs_fail_clearly():
         PruneSpec("wanda", 1.0)
     with pytest.raises(ValueError, match="fix"):
         PruneSpec("obs", 0.5)
+    with pytest.raises(ValueError, match="weight_update=False only applies to SparseGPT without DSnoT"):
+        PruneSpec("sparsegpt", 0.5, dsnot=True, weight_update=False)
 
 
 @pytest.mark.parametrize("method", ["wanda", "sparsegpt"])
