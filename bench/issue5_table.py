@@ -38,6 +38,9 @@ def grid() -> list[dict]:
                 runs.append({"method": method, "level": level, "dsnot": dsnot, "preset": "official"})
         if level == "0.6":
             runs += [{"method": m, "level": level, "dsnot": True, "preset": "paper"} for m in METHODS]
+    # Extra baselines, last: SparseGPT's saliency mask without the OBS update, which is what
+    # SparseGPT + DSnoT starts from (R8), so DSnoT's own effect can be read off.
+    runs += [{"method": "sparsegpt", "level": level, "dsnot": False, "mask_only": True} for level in SPARSITIES]
     return runs
 
 
@@ -46,6 +49,8 @@ def run_name(run: dict) -> str:
         return "dense"
     level = run["level"].replace(":", "of") if ":" in run["level"] else f"s{round(float(run['level']) * 100)}"
     suffix = f"-dsnot-{run['preset']}" if run["dsnot"] else ""
+    if run.get("mask_only"):
+        suffix += "-mask-only"
     return f"{run['method']}-{level}{suffix}"
 
 
@@ -61,6 +66,8 @@ def command(run: dict, args) -> list[str]:
         cmd += ["--nm", run["level"]] if ":" in run["level"] else ["--sparsity", run["level"]]
     if run.get("dsnot"):
         cmd += ["--dsnot", "--preset", run["preset"]]
+    if run.get("mask_only"):
+        cmd += ["--no-weight-update"]
     return cmd
 
 
@@ -113,13 +120,15 @@ def cmd_table(args) -> None:
         "",
         f"- Evaluation: first {any_run['windows']} of {any_run['total_windows']} non-overlapping "
         f"{any_run['seqlen']}-token windows of the WikiText-2 raw test text (a quick, not a full, "
-        "evaluation; the full dense value at seqlen 512 is 30.2140 per shared/data/README.md).",
+        "evaluation; shared/data/README.md has the full dense values: 30.2140 at seqlen 512, 21.6084 at 2048).",
         f"- Calibration: {pruned[0]['nsamples'] if pruned else '—'} random C4 windows of "
         f"{pruned[0]['calib_seqlen'] if pruned else '—'} tokens from the 200-document local sample, seed "
         f"{any_run['seed']}; sequential block-by-block pruning.",
         f"- {any_run['device']}, {any_run['dtype']}, torch {any_run['versions']['torch']}, "
         f"transformers {any_run['versions']['transformers']}, torch threads per run: "
         f"{sorted({r['threads'] for r in results.values()})}.",
+        "- The percentage after a DSnoT value is its change against the column to its left (for "
+        "SparseGPT: against the saliency mask without weight update, DSnoT's real starting point).",
         "- DSnoT columns use the `official` preset (reference code: DSnoT on attention projections "
         "only, R6; no sign check, R5) unless the row says `paper` (every layer, sign check, true "
         "token statistics). Magnitude without DSnoT is one threshold per layer; SparseGPT without "
@@ -130,8 +139,8 @@ def cmd_table(args) -> None:
     dense = results.get("dense")
     lines.append(f"Dense: **{_fmt(dense['ppl']) if dense else '—'}**")
     lines.append("")
-    header = "| sparsity | " + " | ".join(f"{m} | w. DSnoT" for m in ("Magnitude", "Wanda", "SparseGPT")) + " |"
-    lines += [header, "|---" * 7 + "|"]
+    header = "| sparsity | Magnitude | w. DSnoT | Wanda | w. DSnoT | SparseGPT | SparseGPT mask only | w. DSnoT |"
+    lines += [header, "|---" * 8 + "|"]
     rows = [("0.5", "official"), ("0.6", "official"), ("0.6", "paper"), ("0.7", "official"), ("2:4", "official")]
     for level, preset in rows:
         label = level if ":" in level else f"{round(float(level) * 100)}%"
@@ -140,6 +149,9 @@ def cmd_table(args) -> None:
             base = results.get(run_name({"method": method, "level": level, "dsnot": False}))
             with_ds = results.get(run_name({"method": method, "level": level, "dsnot": True, "preset": preset}))
             cells.append(_fmt(base["ppl"]) if base else "—")
+            if method == "sparsegpt":  # DSnoT starts from the saliency mask, not from the OBS result
+                base = results.get(run_name({"method": method, "level": level, "dsnot": False, "mask_only": True}))
+                cells.append(_fmt(base["ppl"]) if base else "—")
             cell = _fmt(with_ds["ppl"]) if with_ds else "—"
             if base and with_ds:
                 cell += f" ({(with_ds['ppl'] / base['ppl'] - 1) * 100:+.1f}%)"
@@ -190,7 +202,9 @@ def cmd_table(args) -> None:
 
 def run_name_of(result: dict) -> str:
     level = result["nm"] or str(result["sparsity"])
-    return run_name({"method": result["method"], "level": level, "dsnot": result["dsnot"], "preset": result["preset"]})
+    mask_only = result["method"] == "sparsegpt" and not result["dsnot"] and result.get("weight_update") is False
+    return run_name({"method": result["method"], "level": level, "dsnot": result["dsnot"], "preset": result["preset"],
+                     "mask_only": mask_only})  # fmt: skip
 
 
 def main() -> None:
