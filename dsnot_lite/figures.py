@@ -802,8 +802,8 @@ def paper_figures(table: str | os.PathLike = "results/results.csv", out_dir: str
 def register_cli(subparsers) -> None:
     """``python -m dsnot_lite figures`` (picked up by ``dsnot_lite.cli``)."""
     p = subparsers.add_parser("figures", help="paper-style figures and tables from the results table")
-    p.add_argument("--table", default="results/results.csv", help="results table CSV (filled by `run`)")
-    p.add_argument("--out", default="figures", help="output folder for PNG figures and Markdown tables")
+    p.add_argument("--table", default="results/results.csv", help="results table CSV, filled by `run` (default: %(default)s)")
+    p.add_argument("--out", default="figures", help="folder for the PNG figures and Markdown tables (default: %(default)s)")
     p.set_defaults(func=cmd_figures)
 
 

@@ -177,3 +177,10 @@ def test_latest_row_wins(tmp_path):
     append_table(row, tmp_path / "results.csv")
     frame = figures.load_table(tmp_path / "results.csv")
     assert len(frame) == 1 and frame.loc[0, "ppl"] == 29.0
+
+
+def test_figures_is_a_subcommand(capsys):
+    with pytest.raises(SystemExit):
+        main(["figures", "--help"])
+    out = capsys.readouterr().out
+    assert "--table" in out and "--out" in out and "results/results.csv" in out
