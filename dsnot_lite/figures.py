@@ -98,6 +98,11 @@ def compare_with_paper(results, sparsity: float = 0.6):
     return pd.DataFrame(lines)
 
 
+SPARSEGPT_NOTE = (
+    "SparseGPT without DSnoT is full SparseGPT (mask and OBS weight update); SparseGPT + DSnoT starts from "
+    "SparseGPT's saliency mask *without* the weight update, as the reference code does (spec R8), so those "
+    "two columns differ in more than DSnoT."
+)
 PAPER_SOURCE = "Zhang et al., ICLR 2024, as quoted in the spec, section 4"
 METHOD_ORDER = ("magnitude", "sparsegpt", "wanda")
 STOP_LABELS = {"running": "still running", "threshold": "|E[Δ]| ≤ ε", "max_cycles": "T reached",
@@ -571,6 +576,7 @@ def main_table(frame, sparsity: float = 0.6) -> str:
                     q = q[q["preset"].isin(["official"])] if (q["preset"] == "official").any() else q
                 cells.append(_fmt(float(q["ppl"].iloc[-1])) if len(q) else "–")
         lines.append(f"| {model} | " + " | ".join(cells) + f" | {_setting(m)} |")
+    lines += ["", f"Note: {SPARSEGPT_NOTE}"]
     lines += ["", f"### Paper ({PAPER_SOURCE}; not measured here)", "",
               "| model | dense | " + " | ".join(f"{m} | w. DSnoT" for m in METHOD_ORDER) + " |",
               "|" + "---|" * (2 + 2 * len(METHOD_ORDER))]  # fmt: skip
@@ -683,6 +689,7 @@ def nm_table(frame) -> str:
         lines.append(f"| {model} | {nm} | {method} | {cell(False)} | {cell(True, 'official')} | {cell(True, 'paper')} |")
     if len(sel) == 0:
         lines.append("| (no N:M runs in the table yet: `python -m dsnot_lite run --method wanda --nm 2:4 [--dsnot]`) | | | | | |")
+    lines += ["", f"Note: {SPARSEGPT_NOTE}"]
     lines += ["", f"### Paper, LLaMA-1 7B ({PAPER_SOURCE}; not measured here)", "", "| N:M | method | initial | w. DSnoT |", "|---|---|---|---|"]
     for (method, nm), (a, b) in PAPER_NM_LLAMA1.items():
         lines.append(f"| {nm} | {method} | {a} | {b} |")
