@@ -60,6 +60,7 @@ def _add_run_parser(sub) -> None:
     p.add_argument("--seed", type=int, default=0, help="calibration sampling seed")
     p.add_argument("--max-windows", type=int, default=None, help="evaluate only the first N windows (quick run)")
     p.add_argument("--batch-size", type=int, default=8, help="calibration windows per block forward")
+    p.add_argument("--eval-batch-size", type=int, default=4, help="WikiText-2 windows per evaluation forward")
     p.add_argument("--device", default="cpu", help="cpu or cuda[:i]; blocks move to it one at a time")
     p.add_argument("--dtype", default=None, choices=["float32", "float16", "bfloat16"],
                    help="model weights (default fp32 on CPU, fp16 on CUDA)")  # fmt: skip
@@ -93,7 +94,9 @@ def _run_config(args):
         raise UsageError(f"--method {args.method} needs --sparsity or --nm; fix: e.g. --sparsity 0.6")
     else:
         sparsity = args.sparsity
-    for flag, value in (("--nsamples", args.nsamples), ("--batch-size", args.batch_size)):
+    for flag, value in (
+        ("--nsamples", args.nsamples), ("--batch-size", args.batch_size), ("--eval-batch-size", args.eval_batch_size)
+    ):
         if value < 1:
             raise UsageError(f"{flag} must be >= 1, got {value}; fix: pass a positive number")
     if args.seqlen < 2:
@@ -119,7 +122,8 @@ def _run_config(args):
     return RunConfig(
         model=args.model, spec=spec, nsamples=args.nsamples, seqlen=args.seqlen, seed=args.seed,
         max_windows=args.max_windows, data_dir=args.data_dir, device=args.device, dtype=args.dtype,
-        batch_size=args.batch_size, save_model=args.save_model, progress=not args.no_progress,
+        batch_size=args.batch_size, eval_batch_size=args.eval_batch_size, save_model=args.save_model,
+        progress=not args.no_progress,
     )  # fmt: skip
 
 

@@ -39,7 +39,7 @@ class RunConfig:
     device: str = "cpu"
     dtype: str | None = None  # None: fp32 on CPU, fp16 on CUDA (R11)
     batch_size: int = 8
-    eval_batch_size: int = 1
+    eval_batch_size: int = 4  # windows per evaluation forward: 2.6x faster than 1 (bench/results/profile_pipeline.md)
     save_model: str | None = None
     progress: bool = True
 
@@ -117,6 +117,7 @@ def run_experiment(cfg: RunConfig) -> dict:
         "device": str(device),
         "dtype": str(dtype).replace("torch.", ""),
         "batch_size": cfg.batch_size,
+        "eval_batch_size": cfg.eval_batch_size,
         "seconds": dict(timer.seconds),
         "peak_memory_mb": peak_memory_mb(),
         "cuda_peak_memory_mb": torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None,

@@ -572,6 +572,7 @@ class LabConfig:
     device: str = "cpu"
     dtype: str | None = None  # None: fp32 on CPU, fp16 on CUDA
     batch_size: int = 8
+    eval_batch_size: int = 4
     data_dir: str | None = None
 
 
@@ -695,7 +696,10 @@ class ModelLab:
                 view, calib, spec, device=cfg.device, batch_size=cfg.batch_size, timer=timer, progress=self.progress
             )
         with timer.phase("eval"):
-            ppl = perplexity(loaded.model, self._test_ids(), cfg.seqlen, cfg.max_windows, 1, cfg.device, progress=self.progress)
+            ppl = perplexity(
+                loaded.model, self._test_ids(), cfg.seqlen, cfg.max_windows, cfg.eval_batch_size, cfg.device,
+                progress=self.progress,
+            )
         restore_dense(loaded, snapshot)
         timer.seconds["total"] = time.perf_counter() - start
         self.computed += 1
