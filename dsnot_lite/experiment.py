@@ -89,26 +89,13 @@ def run_experiment(cfg: RunConfig) -> dict:
             saved = str(save_model(loaded, cfg.save_model))
     timer.seconds["total"] = time.perf_counter() - start
 
-    zeros = sum(r.sparsity * r.shape[0] * r.shape[1] for r in records)
-    numel = sum(r.shape[0] * r.shape[1] for r in records)
     result = {
         "model": cfg.model,
         "model_source": loaded.source,
-        "method": spec.method,
-        "dsnot": spec.dsnot,
-        "preset": spec.preset if spec.dsnot else None,
-        "dsnot_config": dataclasses.asdict(spec.config()) if spec.dsnot else None,
+        **outcome_fields(spec, ppl, records),
         "weight_update": spec.method == "sparsegpt" and not spec.dsnot and spec.weight_update,
-        "sparsity": spec.target_sparsity,
-        "nm": f"{spec.nm[0]}:{spec.nm[1]}" if spec.nm else None,
-        "achieved_sparsity": zeros / numel if numel else 0.0,
-        "ppl": ppl.ppl,
-        "mean_nll": ppl.mean_nll,
         "seqlen": cfg.seqlen,
-        "windows": ppl.windows,
-        "total_windows": ppl.total_windows,
         "max_windows": cfg.max_windows,
-        "full_eval": ppl.windows == ppl.total_windows,
         "predicted_tokens": ppl.predicted_tokens,
         "nsamples": calib_windows or None,
         "calib_seqlen": cfg.seqlen if calib_windows else None,
@@ -121,15 +108,35 @@ def run_experiment(cfg: RunConfig) -> dict:
         "seconds": dict(timer.seconds),
         "peak_memory_mb": peak_memory_mb(),
         "cuda_peak_memory_mb": torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None,
-        "total_swaps": sum(r.swaps for r in records),
-        "total_flips": sum(r.flips for r in records),
         "saved_model": saved,
         "versions": {"torch": torch.__version__, "transformers": _version("transformers"), "python": platform.python_version()},
         "threads": torch.get_num_threads(),
         "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "layers": [r.to_dict() for r in records],
     }
     return result
+
+
+def outcome_fields(spec: PruneSpec, ppl, records: list) -> dict:
+    """What every run record holds about the pruning and its score (also used by ``explore.ModelLab``)."""
+    zeros = sum(r.sparsity * r.shape[0] * r.shape[1] for r in records)
+    numel = sum(r.shape[0] * r.shape[1] for r in records)
+    return {
+        "method": spec.method,
+        "dsnot": spec.dsnot,
+        "preset": spec.preset if spec.dsnot else None,
+        "dsnot_config": dataclasses.asdict(spec.config()) if spec.dsnot else None,
+        "sparsity": spec.target_sparsity,
+        "nm": f"{spec.nm[0]}:{spec.nm[1]}" if spec.nm else None,
+        "achieved_sparsity": zeros / numel if numel else 0.0,
+        "ppl": ppl.ppl,
+        "mean_nll": ppl.mean_nll,
+        "windows": ppl.windows,
+        "total_windows": ppl.total_windows,
+        "full_eval": ppl.windows == ppl.total_windows,
+        "total_swaps": sum(r.swaps for r in records),
+        "total_flips": sum(r.flips for r in records),
+        "layers": [r.to_dict() for r in records],
+    }
 
 
 def _version(package: str) -> str:

@@ -680,7 +680,7 @@ class ModelLab:
 
     def _compute(self, spec) -> dict:
         from dsnot_lite.evaluation import perplexity
-        from dsnot_lite.experiment import peak_memory_mb
+        from dsnot_lite.experiment import outcome_fields, peak_memory_mb
         from dsnot_lite.pipeline import PhaseTimer, prune_model
 
         cfg = self.cfg
@@ -703,24 +703,11 @@ class ModelLab:
         restore_dense(loaded, snapshot)
         timer.seconds["total"] = time.perf_counter() - start
         self.computed += 1
-        zeros = sum(r.sparsity * r.shape[0] * r.shape[1] for r in records)
-        numel = sum(r.shape[0] * r.shape[1] for r in records)
         return {
             "model": self.label,
-            "method": spec.method,
-            "dsnot": spec.dsnot,
-            "preset": spec.preset if spec.dsnot else None,
-            "dsnot_config": dataclasses.asdict(spec.config()) if spec.dsnot else None,
-            "sparsity": spec.target_sparsity,
-            "nm": f"{spec.nm[0]}:{spec.nm[1]}" if spec.nm else None,
-            "achieved_sparsity": zeros / numel if numel else 0.0,
-            "ppl": ppl.ppl,
-            "mean_nll": ppl.mean_nll,
+            **outcome_fields(spec, ppl, records),
             "seqlen": cfg.seqlen,
-            "windows": ppl.windows,
-            "total_windows": ppl.total_windows,
             "max_windows": cfg.max_windows,
-            "full_eval": ppl.windows == ppl.total_windows,
             "nsamples": cfg.nsamples if records else None,
             "calib_seqlen": cfg.seqlen if records else None,
             "seed": cfg.seed,
@@ -730,10 +717,7 @@ class ModelLab:
             "total_blocks": self.total_blocks,
             "seconds": dict(timer.seconds),
             "peak_memory_mb": peak_memory_mb(),
-            "total_swaps": sum(r.swaps for r in records),
-            "total_flips": sum(r.flips for r in records),
             "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "layers": [r.to_dict() for r in records],
         }
 
     def runs(self, configs, progress: bool | None = None) -> list[dict]:
