@@ -81,7 +81,7 @@ class DSnoTConfig:
     One consequence the spec does not list: with the quirks, a pointer that runs past the
     candidates of its sign (possible only when T exceeds their number, i.e. on tiny layers) can
     "regrow" a weight that is already kept while its partner is pruned, which changes the row's
-    sparsity, as the reference does; and at 0% sparsity the first (no-op) write prunes the
+    sparsity (and, in N:M, can leave a block with more than N zeros), as the reference does; and at 0% sparsity the first (no-op) write prunes the
     row's first column. Without the quirks the row sparsity is always exact.
     """
 
