@@ -126,6 +126,11 @@ def dsnot_oracle(
     *,
     initial_method: str = "wanda",
 ) -> OracleResult:
+    """DSnoT of ``weight`` from the start ``mask`` (True = pruned), row by row; see the module docstring.
+
+    Same arguments as ``dsnot_lite.dsnot.dsnot``; ``initial_method`` only matters for N:M with
+    ``nm_prune="initial"``. Slow on purpose: Python lists and loops, no vectorisation over rows.
+    """
     cfg = config
     quirks = cfg.reference_quirks
     strict = not quirks
