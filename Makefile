@@ -3,6 +3,8 @@
 #   make demo       venv + the main job (Wanda + DSnoT at 60% on the bundled SmolLM2-135M) -> results/demo.json
 #   make test       venv + the default test suite (everything except tests marked slow; notebooks included)
 #   make test-all   venv + every test, slow ones included
+#   make notebooks  run every notebook in full mode -> results/notebooks/executed/ (+ timings.json)
+#   make notebooks-fast   the same in fast mode (what CI executes)
 #   make strip      strip outputs / execution counts from notebooks/*.ipynb in place
 #   make browser-check   headless JupyterLab + Chromium check of notebook 01 (scripts/browser_check.sh)
 #   make clean      remove caches and build leftovers (keeps .venv and results/)
@@ -14,7 +16,7 @@ VPY    := $(VENV)/bin/python
 # The stamp records a finished install; it is rebuilt when requirements.txt or pyproject.toml change.
 STAMP  := $(VENV)/.dsnot-lite-installed
 
-.PHONY: venv demo test test-all strip browser-check clean distclean
+.PHONY: venv demo test test-all notebooks notebooks-fast strip browser-check clean distclean
 
 venv: $(STAMP)
 
@@ -37,6 +39,12 @@ test: $(STAMP)
 # `-m ""` replaces the `-m 'not slow'` from pyproject.toml's addopts, so slow tests run too.
 test-all: $(STAMP)
 	$(VPY) -m pytest -m ""
+
+notebooks: $(STAMP)
+	$(VPY) scripts/run_notebooks.py
+
+notebooks-fast: $(STAMP)
+	$(VPY) scripts/run_notebooks.py --fast
 
 strip: $(STAMP)
 	$(VPY) scripts/strip_notebooks.py

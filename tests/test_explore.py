@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -191,3 +192,18 @@ def test_model_lab_runs_caches_and_resumes(tiny_dir, tmp_path):
     sweep = explore.lab_sweep(again, "sparsity", [0.6])
     assert again.computed == 0 and sweep.loc[0, "ppl_dsnot"] == refined["ppl"]
     assert sweep.loc[0, "delta_ppl"] == pytest.approx(refined["ppl"] - wanda["ppl"])
+
+
+def test_cache_key_ignores_speed_only_settings_but_not_result_settings():
+    from dsnot_lite.pipeline import PruneSpec
+
+    spec = PruneSpec("wanda", 0.6, None, True, "official", None)
+    base = LabConfig(nsamples=32, seqlen=512, max_windows=40)
+    # evaluation batching changes speed only: a stored run stays valid
+    assert explore.spec_key(dataclasses.replace(base, eval_batch_size=1), spec) == explore.spec_key(base, spec)
+    # anything that changes the numbers gives a new key
+    for change in (dict(nsamples=16), dict(seqlen=256), dict(max_windows=None), dict(seed=1), dict(blocks=2),
+                   dict(dtype="float16")):
+        assert explore.spec_key(dataclasses.replace(base, **change), spec) != explore.spec_key(base, spec), change
+    paper = PruneSpec("wanda", 0.6, None, True, "paper", None)
+    assert explore.spec_key(base, paper) != explore.spec_key(base, spec)

@@ -7,9 +7,9 @@ For every ``notebooks/*.ipynb``:
 * ``test_has_fast_parameters_cell``: a code cell tagged ``parameters`` (papermill style) that
   reads the ``DSNOT_LITE_FAST`` environment variable, so the run below really is the fast one.
 * ``test_executes_in_fast_mode`` (marker ``notebooks``, part of the default ``make test``):
-  executes the notebook with nbclient in a kernel running *this* interpreter (``sys.executable``,
-  i.e. the project's venv), with ``DSNOT_LITE_FAST=1`` in the kernel's environment and the
-  notebook's own folder as working directory. Outputs are not written back.
+  executes the notebook exactly as ``scripts/run_notebooks.py --fast`` does: nbclient, a kernel
+  running *this* interpreter (the project's venv) with ``DSNOT_LITE_FAST=1``, the notebook's own
+  folder as working directory. Outputs are not written back.
 
 The kernel is described by a throw-away kernelspec in a temporary folder, so nothing has to be
 installed into the user's Jupyter dirs and a fresh clone works with only ``make test``.
@@ -20,9 +20,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
-import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -31,7 +28,6 @@ ROOT = Path(__file__).resolve().parent.parent
 NB_DIR = ROOT / "notebooks"
 NOTEBOOKS = sorted(NB_DIR.glob("*.ipynb"))
 CELL_TIMEOUT_S = 600
-KERNEL_NAME = "dsnot-lite-test"
 
 if NOTEBOOKS:
     PARAMS = [pytest.param(p, id=p.stem) for p in NOTEBOOKS]
@@ -68,43 +64,19 @@ def test_has_fast_parameters_cell(path):
         f"{path.name}: the `parameters` cell does not read DSNOT_LITE_FAST, so CI would run it in full mode")
 
 
-def _kernel_manager(tmp_path: Path):
-    """A KernelManager for a kernelspec that runs sys.executable with DSNOT_LITE_FAST=1."""
-    from jupyter_client.kernelspec import KernelSpecManager
-    from jupyter_client.manager import KernelManager
-
-    kdir = tmp_path / "kernels" / KERNEL_NAME
-    kdir.mkdir(parents=True)
-    pythonpath = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
-    spec = {
-        "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
-        "display_name": "dsnot-lite (test venv)",
-        "language": "python",
-        "env": {"DSNOT_LITE_FAST": "1", "PYTHONPATH": pythonpath},
-    }
-    (kdir / "kernel.json").write_text(json.dumps(spec), encoding="utf-8")
-    ksm = KernelSpecManager(kernel_dirs=[str(tmp_path / "kernels")])
-    return KernelManager(kernel_name=KERNEL_NAME, kernel_spec_manager=ksm)
+def _load_runner_module():
+    spec = importlib.util.spec_from_file_location("run_notebooks", ROOT / "scripts" / "run_notebooks.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
 
 
 @pytest.mark.notebooks
 @pytest.mark.parametrize("path", PARAMS)
-def test_executes_in_fast_mode(path, tmp_path, monkeypatch, record_property):
-    import nbformat
-    from nbclient import NotebookClient
-
+def test_executes_in_fast_mode(path, monkeypatch, record_property):
     monkeypatch.setenv("DSNOT_LITE_FAST", "1")
-    nb = nbformat.read(path, as_version=4)
-    client = NotebookClient(
-        nb,
-        km=_kernel_manager(tmp_path),
-        timeout=CELL_TIMEOUT_S,
-        startup_timeout=120,
-        resources={"metadata": {"path": str(path.parent)}},
-    )
-    t0 = time.perf_counter()
-    client.execute()  # raises CellExecutionError (with the cell's traceback) if any cell fails
-    elapsed = time.perf_counter() - t0
+    # raises CellExecutionError (with the cell's traceback) if any cell fails
+    nb, elapsed = _load_runner_module().execute(path, fast=True, cell_timeout=CELL_TIMEOUT_S)
     record_property("fast_mode_seconds", round(elapsed, 1))
     print(f"{path.name}: executed in fast mode in {elapsed:.1f} s")
     # nbclient skips empty code cells and cells tagged skip-execution; every other one must have run.
@@ -113,3 +85,33 @@ def test_executes_in_fast_mode(path, tmp_path, monkeypatch, record_property):
     n_code = len(runnable)
     n_run = sum(c.get("execution_count") is not None for c in runnable)
     assert n_run == n_code, f"{path.name}: only {n_run} of {n_code} code cells were executed"
+
+
+def test_runner_injects_parameters_and_records_timings(tmp_path):
+    """scripts/run_notebooks.py end to end on a two-cell notebook: -p overrides, executed copy, timings."""
+    import nbformat
+
+    params = nbformat.v4.new_code_cell('import os\nFAST = os.environ.get("DSNOT_LITE_FAST") == "1"\nX = 1')
+    params.metadata["tags"] = ["parameters"]
+    check = nbformat.v4.new_code_cell("assert FAST is False and X == 41 + 1\nprint('ran', X)")
+    src = tmp_path / "tiny.ipynb"
+    nbformat.write(nbformat.v4.new_notebook(cells=[params, check]), src)
+    runner = _load_runner_module()
+    out = tmp_path / "out"
+    assert runner.main([str(src), "-p", "X = 42", "--out", str(out)]) == 0
+    executed = nbformat.read(out / "tiny.full.ipynb", as_version=4)
+    assert executed.cells[1].metadata["tags"] == ["injected-parameters"]
+    assert "ran 42" in executed.cells[2].outputs[0]["text"]
+    timings = json.loads((out / "timings.json").read_text())
+    assert timings["tiny.full"]["passed"] and timings["tiny.full"]["parameters"] == ["X = 42"]
+    # a failing cell: reported, exit status 1, no executed copy written
+    assert runner.main([str(src), "--fast", "--out", str(out)]) == 1
+    assert not (out / "tiny.fast.ipynb").exists()
+    assert json.loads((out / "timings.json").read_text())["tiny.fast"]["passed"] is False
+
+
+def test_runner_rejects_bad_parameters(tmp_path):
+    runner = _load_runner_module()
+    with pytest.raises(SystemExit):
+        runner.main([str(NOTEBOOKS[0]), "-p", "no equals sign", "--out", str(tmp_path)])
+    assert not (tmp_path / "timings.json").exists()

@@ -1,0 +1,149 @@
+#!/usr/bin/env python3
+"""Execute the notebooks top to bottom, in fast or full mode, and time each one.
+
+Usage:
+    .venv/bin/python scripts/run_notebooks.py                   # every notebook, full mode
+    .venv/bin/python scripts/run_notebooks.py --fast            # the CI setting (DSNOT_LITE_FAST=1)
+    .venv/bin/python scripts/run_notebooks.py notebooks/05_paper_figures.ipynb \\
+        -p 'TABLE="../results/issue5_small/issue5.csv"'        # override a parameter (papermill style)
+
+Each notebook runs in a kernel started from *this* interpreter (the project's venv) with the
+notebook's folder as working directory. The executed copy, outputs included, is written to
+``--out`` (default ``results/notebooks/executed/``, not committed; the notebooks in
+``notebooks/`` stay clean), and ``--out/timings.json`` gets one entry per notebook: mode, seconds,
+parameter overrides and whether it passed. ``-p NAME=EXPR`` lines go into a cell inserted right
+after the cell tagged ``parameters``, as papermill does. Exit status 1 if any notebook failed.
+
+``tests/test_notebooks.py`` uses ``execute`` from here, so CI runs notebooks exactly this way.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+NB_DIR = ROOT / "notebooks"
+KERNEL_NAME = "dsnot-lite-run"
+CELL_TIMEOUT_S = 600  # per cell; full-mode model sweeps set --cell-timeout higher
+
+
+def _kernel_manager(kernel_dir: Path, fast: bool):
+    """A KernelManager for a throw-away kernelspec running ``sys.executable`` (nothing installed)."""
+    from jupyter_client.kernelspec import KernelSpecManager
+    from jupyter_client.manager import KernelManager
+
+    kdir = kernel_dir / KERNEL_NAME
+    kdir.mkdir(parents=True, exist_ok=True)
+    pythonpath = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
+    env = {"PYTHONPATH": pythonpath, "DSNOT_LITE_FAST": "1" if fast else "0"}
+    spec = {
+        "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+        "display_name": "dsnot-lite (venv)",
+        "language": "python",
+        "env": env,
+    }
+    (kdir / "kernel.json").write_text(json.dumps(spec), encoding="utf-8")
+    ksm = KernelSpecManager(kernel_dirs=[str(kernel_dir)])
+    return KernelManager(kernel_name=KERNEL_NAME, kernel_spec_manager=ksm)
+
+
+def inject_parameters(nb, overrides: list[str]) -> None:
+    """Insert a cell holding ``overrides`` after the ``parameters`` cell (papermill's convention)."""
+    if not overrides:
+        return
+    import nbformat
+
+    idx = next((i for i, c in enumerate(nb.cells)
+                if c.cell_type == "code" and "parameters" in c.get("metadata", {}).get("tags", [])), None)
+    if idx is None:
+        raise SystemExit("error: the notebook has no cell tagged `parameters`, so -p has nowhere to go")
+    cell = nbformat.v4.new_code_cell("# parameters injected by scripts/run_notebooks.py\n" + "\n".join(overrides))
+    cell.metadata["tags"] = ["injected-parameters"]
+    nb.cells.insert(idx + 1, cell)
+
+
+def execute(path: Path, fast: bool, overrides: list[str] | None = None, cell_timeout: int = CELL_TIMEOUT_S):
+    """Run the notebook at ``path``; return ``(executed notebook, seconds)``.
+
+    Raises ``nbclient.exceptions.CellExecutionError`` (with the cell's traceback) if a cell fails.
+    """
+    import nbformat
+    from nbclient import NotebookClient
+
+    nb = nbformat.read(path, as_version=4)
+    inject_parameters(nb, overrides or [])
+    with tempfile.TemporaryDirectory(prefix="dsnot-kernel-") as kernel_dir:
+        client = NotebookClient(nb, km=_kernel_manager(Path(kernel_dir), fast), timeout=cell_timeout,
+                                startup_timeout=120, resources={"metadata": {"path": str(path.parent)}})
+        t0 = time.perf_counter()
+        client.execute()
+        return nb, time.perf_counter() - t0
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("notebooks", nargs="*", type=Path, help="default: every notebooks/*.ipynb, in order")
+    ap.add_argument("--fast", action="store_true", help="set DSNOT_LITE_FAST=1 (the CI setting)")
+    ap.add_argument("-p", "--parameter", action="append", default=[], metavar="NAME=EXPR",
+                    help="a Python assignment run after the parameters cell; repeatable")
+    ap.add_argument("--out", type=Path, default=ROOT / "results" / "notebooks" / "executed")
+    ap.add_argument("--cell-timeout", type=int, default=None,
+                    help=f"seconds per cell (default {CELL_TIMEOUT_S} fast, 7200 full)")
+    args = ap.parse_args(argv)
+
+    from nbclient.exceptions import CellExecutionError
+
+    paths = args.notebooks or sorted(NB_DIR.glob("*.ipynb"))
+    for p in paths:
+        if not p.is_file():
+            ap.error(f"no such notebook: {p}")
+    for expr in args.parameter:
+        if "=" not in expr:
+            ap.error(f"-p {expr!r}: expected NAME=EXPR, e.g. -p 'SPARSITY=0.7'")
+    timeout = args.cell_timeout or (CELL_TIMEOUT_S if args.fast else 7200)
+    mode = "fast" if args.fast else "full"
+    timings_path = args.out / "timings.json"
+    timings = json.loads(timings_path.read_text(encoding="utf-8")) if timings_path.is_file() else {}
+
+    import nbformat
+
+    failed = 0
+    total = 0.0
+    for path in paths:
+        print(f"{path.name} ({mode} mode) ...", flush=True)
+        t0 = time.perf_counter()
+        try:
+            nb, seconds = execute(path, args.fast, args.parameter, timeout)
+            ok, error = True, None
+        except CellExecutionError as exc:
+            seconds, ok, error = time.perf_counter() - t0, False, str(exc).splitlines()[-1] if str(exc) else "cell failed"
+            nb = None
+            failed += 1
+        total += seconds
+        print(f"  {'passed' if ok else 'FAILED: ' + error} in {seconds:.1f} s", flush=True)
+        if nb is not None:
+            _write_atomic(args.out / f"{path.stem}.{mode}.ipynb", nbformat.writes(nb))
+        timings[f"{path.stem}.{mode}"] = {"notebook": path.name, "mode": mode, "seconds": round(seconds, 1),
+                                          "passed": ok, "error": error, "parameters": args.parameter,
+                                          "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        _write_atomic(timings_path, json.dumps(timings, indent=1, sort_keys=True) + "\n")
+    print(f"{len(paths)} notebook(s), {mode} mode: {total:.1f} s in all, {failed} failed; executed copies in {args.out}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
