@@ -11,7 +11,8 @@ Each notebook runs in a kernel started from *this* interpreter (the project's ve
 notebook's folder as working directory. The executed copy, outputs included, is written to
 ``--out`` (default ``results/notebooks/executed/``, not committed; the notebooks in
 ``notebooks/`` stay clean), and ``--out/timings.json`` gets one entry per notebook: mode, seconds,
-parameter overrides and whether it passed. ``-p NAME=EXPR`` lines go into a cell inserted right
+parameter overrides, whether it passed and, if not, the error (the executed copy then shows
+the traceback in the failing cell). ``-p NAME=EXPR`` lines go into a cell inserted right
 after the cell tagged ``parameters``, as papermill does. Exit status 1 if any notebook failed.
 
 ``tests/test_notebooks.py`` uses ``execute`` from here, so CI runs notebooks exactly this way.
@@ -69,12 +70,14 @@ def inject_parameters(nb, overrides: list[str]) -> None:
 
 
 def execute(path: Path, fast: bool, overrides: list[str] | None = None, cell_timeout: int = CELL_TIMEOUT_S):
-    """Run the notebook at ``path``; return ``(executed notebook, seconds)``.
+    """Run the notebook at ``path``; return ``(executed notebook, seconds, error)``.
 
-    Raises ``nbclient.exceptions.CellExecutionError`` (with the cell's traceback) if a cell fails.
+    ``error`` is ``None`` when every cell ran, else the failing cell's error in one line; the
+    returned notebook then holds the outputs up to and including that cell's traceback.
     """
     import nbformat
     from nbclient import NotebookClient
+    from nbclient.exceptions import CellExecutionError
 
     nb = nbformat.read(path, as_version=4)
     inject_parameters(nb, overrides or [])
@@ -82,8 +85,12 @@ def execute(path: Path, fast: bool, overrides: list[str] | None = None, cell_tim
         client = NotebookClient(nb, km=_kernel_manager(Path(kernel_dir), fast), timeout=cell_timeout,
                                 startup_timeout=120, resources={"metadata": {"path": str(path.parent)}})
         t0 = time.perf_counter()
-        client.execute()
-        return nb, time.perf_counter() - t0
+        try:
+            client.execute()
+            error = None
+        except CellExecutionError as exc:
+            error = f"{exc.ename}: {exc.evalue}" if getattr(exc, "ename", None) else str(exc).strip().splitlines()[-1]
+        return nb, time.perf_counter() - t0, error
 
 
 def _write_atomic(path: Path, text: str) -> None:
@@ -105,8 +112,6 @@ def main(argv: list[str] | None = None) -> int:
                     help=f"seconds per cell (default {CELL_TIMEOUT_S} fast, 7200 full)")
     args = ap.parse_args(argv)
 
-    from nbclient.exceptions import CellExecutionError
-
     paths = args.notebooks or sorted(NB_DIR.glob("*.ipynb"))
     for p in paths:
         if not p.is_file():
@@ -125,20 +130,14 @@ def main(argv: list[str] | None = None) -> int:
     total = 0.0
     for path in paths:
         print(f"{path.name} ({mode} mode) ...", flush=True)
-        t0 = time.perf_counter()
-        try:
-            nb, seconds = execute(path, args.fast, args.parameter, timeout)
-            ok, error = True, None
-        except CellExecutionError as exc:
-            seconds, ok, error = time.perf_counter() - t0, False, str(exc).splitlines()[-1] if str(exc) else "cell failed"
-            nb = None
-            failed += 1
+        nb, seconds, error = execute(path, args.fast, args.parameter, timeout)
+        failed += error is not None
         total += seconds
-        print(f"  {'passed' if ok else 'FAILED: ' + error} in {seconds:.1f} s", flush=True)
-        if nb is not None:
-            _write_atomic(args.out / f"{path.stem}.{mode}.ipynb", nbformat.writes(nb))
+        print(f"  {'FAILED: ' + error if error else 'passed'} in {seconds:.1f} s", flush=True)
+        # the executed copy is written either way: a failed one shows the traceback in its cell
+        _write_atomic(args.out / f"{path.stem}.{mode}.ipynb", nbformat.writes(nb))
         timings[f"{path.stem}.{mode}"] = {"notebook": path.name, "mode": mode, "seconds": round(seconds, 1),
-                                          "passed": ok, "error": error, "parameters": args.parameter,
+                                          "passed": error is None, "error": error, "parameters": args.parameter,
                                           "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
         _write_atomic(timings_path, json.dumps(timings, indent=1, sort_keys=True) + "\n")
     print(f"{len(paths)} notebook(s), {mode} mode: {total:.1f} s in all, {failed} failed; executed copies in {args.out}")

@@ -372,3 +372,25 @@ def test_dsnot_lowers_the_output_error_of_a_wanda_mask():
         result = dsnot(weight, stats, start, preset(name), trace=True, inputs=x)
         before, after = result.trace.output_error_before, result.trace.output_error_after
         assert float(after.square().sum()) < 0.9 * float(before.square().sum()), name
+
+
+def test_official_stopped_rows_drift_while_another_row_runs():
+    """Reference quirk (README): a stopped row keeps writing its swap, with moving pointers, until
+    the last row stops; past its pruned weights of one sign the grow pointer reaches kept weights
+    (R2: score 0 mid-list) and the write prunes them. Row 0 has E[Delta] = 0 and stops at once;
+    row 1 needs four swaps. Alone, row 0 is left as it was; next to row 1 it loses a kept weight.
+    The paper preset leaves stopped rows alone."""
+    ones = [1.0] * 8
+    stats = _stats(ones)
+    weight = torch.tensor([[-1.0, 1.0, -0.01, 0.01, 4.0, 4.0, 4.0, 4.0],
+                           [5.0, 5.0, 5.0, 5.0, 0.1, 0.2, 0.3, 0.4]])
+    start = torch.zeros(2, 8, dtype=torch.bool)
+    start[:, :4] = True
+    cfg = replace(preset("official"), max_cycle_time=6)
+    alone = dsnot(weight[:1], stats, start[:1], cfg)
+    assert torch.equal(alone.mask, start[:1]) and alone.swaps.tolist() == [0]
+    both = dsnot(weight, stats, start, cfg)
+    assert both.swaps.tolist() == [0, 4] and _reasons(both)[0] == "threshold"
+    assert int(both.mask[0].sum()) == 5 and bool(both.mask[0, :4].all())  # one kept weight pruned
+    paper = dsnot(weight, stats, start, replace(preset("paper"), max_cycle_time=6))
+    assert torch.equal(paper.mask[0], start[0]) and torch.equal(paper.mask.sum(1), start.sum(1))

@@ -75,8 +75,8 @@ def _load_runner_module():
 @pytest.mark.parametrize("path", PARAMS)
 def test_executes_in_fast_mode(path, monkeypatch, record_property):
     monkeypatch.setenv("DSNOT_LITE_FAST", "1")
-    # raises CellExecutionError (with the cell's traceback) if any cell fails
-    nb, elapsed = _load_runner_module().execute(path, fast=True, cell_timeout=CELL_TIMEOUT_S)
+    nb, elapsed, error = _load_runner_module().execute(path, fast=True, cell_timeout=CELL_TIMEOUT_S)
+    assert error is None, f"{path.name} failed in fast mode: {error}"
     record_property("fast_mode_seconds", round(elapsed, 1))
     print(f"{path.name}: executed in fast mode in {elapsed:.1f} s")
     # nbclient skips empty code cells and cells tagged skip-execution; every other one must have run.
@@ -104,10 +104,12 @@ def test_runner_injects_parameters_and_records_timings(tmp_path):
     assert "ran 42" in executed.cells[2].outputs[0]["text"]
     timings = json.loads((out / "timings.json").read_text())
     assert timings["tiny.full"]["passed"] and timings["tiny.full"]["parameters"] == ["X = 42"]
-    # a failing cell: reported, exit status 1, no executed copy written
+    # a failing cell: exit status 1, the error in the timings and the traceback in the executed copy
     assert runner.main([str(src), "--fast", "--out", str(out)]) == 1
-    assert not (out / "tiny.fast.ipynb").exists()
-    assert json.loads((out / "timings.json").read_text())["tiny.fast"]["passed"] is False
+    failed = json.loads((out / "timings.json").read_text())["tiny.fast"]
+    assert failed["passed"] is False and failed["error"].startswith("AssertionError")
+    outputs = nbformat.read(out / "tiny.fast.ipynb", as_version=4).cells[1].outputs
+    assert outputs[0]["output_type"] == "error" and outputs[0]["ename"] == "AssertionError"
 
 
 def test_runner_rejects_bad_parameters(tmp_path):
