@@ -496,10 +496,14 @@ def load_table(path: str | os.PathLike):
     frame["sparsity"] = frame["sparsity"].astype(float)
     frame["ppl"] = frame["ppl"].astype(float)
     frame["preset"] = [p if d else None for p, d in zip(frame["preset"], frame["dsnot"])]
+    # True only for full SparseGPT (mask + OBS weight update). Tables written before the column
+    # existed hold only full SparseGPT for plain `--method sparsegpt` runs, so blank means True.
+    stated_false = frame.get("weight_update", pd.Series([None] * len(frame))).astype(str).str.lower().isin(["false", "0"])
+    frame["weight_update"] = (frame["method"] == "sparsegpt") & ~frame["dsnot"] & ~stated_false.to_numpy()
     frame["config"] = [_config_of(o, path.parent) for o in frame["output"]]
     frame["grow"] = [c.get("grow") if c else None for c in frame["config"]]
     frame["prune"] = [c.get("prune") if c else None for c in frame["config"]]
-    keys = [c for c in ("model", "method", "dsnot", "preset", "sparsity", "nm", "nsamples", "seqlen",
+    keys = [c for c in ("model", "method", "dsnot", "preset", "weight_update", "sparsity", "nm", "nsamples", "seqlen",
                         "max_windows", "grow", "prune", "seed") if c in frame]  # fmt: skip
     frame = frame.sort_values("finished_at", na_position="first", kind="stable")
     frame = frame.drop_duplicates([k for k in keys], keep="last").reset_index(drop=True)
@@ -521,6 +525,12 @@ def _config_of(output, base: Path) -> dict | None:
 
 def _missing(value) -> bool:
     return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def _paper_layout(frame):
+    """Rows for the paper-layout tables and figures, where SparseGPT without DSnoT is the full
+    method (with its weight update) as in the paper; mask-only SparseGPT runs are left out."""
+    return frame[~((frame["method"] == "sparsegpt") & ~frame["dsnot"] & ~frame["weight_update"])]
 
 
 def _is_default_criteria(row) -> bool:
@@ -563,6 +573,7 @@ def main_table(frame, sparsity: float = 0.6) -> str:
     lines += ["### Ours (measured by `python -m dsnot_lite run`, from the results table)", ""]
     header = "| model | dense | " + " | ".join(f"{m} | w. DSnoT" for m in METHOD_ORDER) + " | setting |"
     lines += [header, "|" + "---|" * (3 + 2 * len(METHOD_ORDER)) ]
+    frame = _paper_layout(frame)
     sel = frame[(frame["nm"].isna()) & frame.apply(_is_default_criteria, axis=1)]
     for model in sorted(sel["model"].unique()):
         m = sel[sel["model"] == model]
@@ -591,6 +602,7 @@ def main_figure(frame, sparsity: float = 0.6):
     import numpy as np
 
     fig, axes = _new(1, 2, size=(12.0, 4.2))
+    frame = _paper_layout(frame)
     sel = frame[(frame["nm"].isna()) & frame.apply(_is_default_criteria, axis=1)
                 & ((frame["sparsity"] - sparsity).abs() < 1e-9)]  # fmt: skip
     models = sorted(sel["model"].unique())
@@ -643,6 +655,7 @@ def sparsity_figure(frame):
     """Perplexity vs sparsity, without and with DSnoT: ours (left) and the paper's LLaMA-1 7B (right)."""
     fig, axes = _new(1, 2, size=(12.0, 4.2))
     ax = axes[0, 0]
+    frame = _paper_layout(frame)
     sel = frame[(frame["nm"].isna()) & (frame["method"] != "dense") & frame.apply(_is_default_criteria, axis=1)]
     sel = sel[~sel["dsnot"] | (sel["preset"] == "official")]
     i = 0
@@ -683,6 +696,7 @@ def nm_table(frame) -> str:
     """Markdown: N:M rows, ours and the paper's 2:4 numbers."""
     lines = ["## N:M semi-structured sparsity", "", "### Ours (from the results table)", "",
              "| model | N:M | method | initial | w. DSnoT (official) | w. DSnoT (paper preset) |", "|---|---|---|---|---|---|"]  # fmt: skip
+    frame = _paper_layout(frame)
     sel = frame[frame["nm"].notna() & frame.apply(_is_default_criteria, axis=1)]
     for (model, nm, method), q in sel.groupby(["model", "nm", "method"], sort=True):
         cell = lambda ds, pre=None: _fmt(float(q[(q["dsnot"] == ds) & ((q["preset"] == pre) if pre else True)]["ppl"].iloc[-1])) if len(q[(q["dsnot"] == ds) & ((q["preset"] == pre) if pre else True)]) else "–"  # noqa: E731
@@ -699,13 +713,17 @@ def nm_table(frame) -> str:
 def preset_table(frame) -> str:
     """Markdown: official vs paper preset, same model/method/sparsity."""
     lines = ["## Presets: `official` (reference code) vs `paper` (as the paper describes)", "",
-             "Ours only (the paper reports one number per setting).", "",
+             "Ours only (the paper reports one number per setting). *initial* is the mask DSnoT starts from: "
+             "for SparseGPT its saliency mask without the weight update, when the table has that run.", "",
              "| model | method | sparsity | initial | official | paper |", "|---|---|---|---|---|---|"]  # fmt: skip
     sel = frame[frame.apply(_is_default_criteria, axis=1) & (frame["method"] != "dense")]
     n = 0
     for (model, method, sp, nm), q in sel.groupby(["model", "method", "sparsity", sel["nm"].fillna("")], sort=True):
         vals = {}
-        for key, cond in (("initial", ~q["dsnot"]), ("official", q["preset"] == "official"), ("paper", q["preset"] == "paper")):
+        start = ~q["dsnot"]
+        if (start & ~q["weight_update"]).any():  # SparseGPT: DSnoT's real starting point, not full SparseGPT
+            start = start & ~q["weight_update"]
+        for key, cond in (("initial", start), ("official", q["preset"] == "official"), ("paper", q["preset"] == "paper")):
             hit = q[cond]
             vals[key] = _fmt(float(hit["ppl"].iloc[-1])) if len(hit) else "–"
         if vals["paper"] == "–" or vals["official"] == "–":

@@ -112,7 +112,8 @@ def test_paper_numbers_are_the_specs():
 # -- `python -m dsnot_lite figures` -------------------------------------------------------------
 
 
-def fake_run(tmp_path: Path, method: str, dsnot: bool, sparsity: float, ppl: float, preset="official", nm=None, grow=None):
+def fake_run(tmp_path: Path, method: str, dsnot: bool, sparsity: float, ppl: float, preset="official", nm=None, grow=None,
+             weight_update=None):
     """A result dict shaped like `run`'s (test data only; it is never reported as a measurement)."""
     result = {
         "model": "test-model", "method": method, "dsnot": dsnot, "preset": preset if dsnot else None,
@@ -123,7 +124,9 @@ def fake_run(tmp_path: Path, method: str, dsnot: bool, sparsity: float, ppl: flo
         "layers": [{"name": "model.layers.0.self_attn.q_proj", "shape": [4, 4], "sparsity": sparsity, "dsnot_applied": dsnot,
                     "swaps": 1, "flips": 2, "stop_reasons": {}, "rel_output_error_before": 0.2, "rel_output_error_after": 0.1}],
     }  # fmt: skip
-    name = f"{method}-{dsnot}-{preset}-{sparsity}-{nm}-{grow}.json".replace(":", "_")
+    if weight_update is not None:
+        result["weight_update"] = weight_update
+    name = f"{method}-{dsnot}-{preset}-{sparsity}-{nm}-{grow}-{weight_update}.json".replace(":", "_")
     result["output"] = str(tmp_path / name)
     write_json(result, tmp_path / name)
     append_table(result, tmp_path / "results.csv")
@@ -166,6 +169,21 @@ def test_figures_command_writes_reproducible_outputs(tmp_path, capsys):
     assert main(["figures", "--table", str(tmp_path / "results.csv"), "--out", str(out)]) == 0
     after = {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in out.iterdir()}
     assert after == before  # same bytes, files not even touched
+
+
+def test_sparsegpt_full_and_mask_only_go_to_their_own_columns(tmp_path):
+    """Paper-layout tables show full SparseGPT (as the note under them says); the presets table
+    compares DSnoT with the mask it starts from, SparseGPT's saliency mask without the update.
+    A row without a weight_update value (tables written before the column) is full SparseGPT."""
+    fake_run(tmp_path, "dense", False, 0.0, 20.0)
+    fake_run(tmp_path, "sparsegpt", False, 0.6, 40.0)  # no weight_update column value: full
+    fake_run(tmp_path, "sparsegpt", False, 0.6, 55.0, weight_update=False)  # mask only, written later
+    fake_run(tmp_path, "sparsegpt", True, 0.6, 60.0)
+    fake_run(tmp_path, "sparsegpt", True, 0.6, 50.0, preset="paper")
+    frame = figures.load_table(tmp_path / "results.csv")
+    assert len(frame) == 5 and frame["weight_update"].sum() == 1
+    assert "| test-model | 20.00 | – | – | 40.00 | 60.00 | – | – |" in figures.main_table(frame)
+    assert "| test-model | sparsegpt | 60% | 55.00 | 60.00 | 50.00 |" in figures.preset_table(frame)
 
 
 def test_latest_row_wins(tmp_path):
