@@ -172,6 +172,12 @@ def _log_axis(ax, axis: str = "y") -> None:
     target.set_minor_formatter(plain)
 
 
+def _room_above_bars(ax, factor: float = 3.0) -> None:
+    """Raise the top of a log axis so value labels written above the bars stay inside it."""
+    bottom, top = ax.get_ylim()
+    ax.set_ylim(bottom, top * factor)
+
+
 def _new(nrows: int = 1, ncols: int = 1, size: tuple[float, float] = (6.4, 4.0), **kw):
     fig = Figure(figsize=size, layout="constrained")
     axes = fig.subplots(nrows, ncols, squeeze=False, **kw)
@@ -626,6 +632,7 @@ def main_figure(frame, sparsity: float = 0.6):
                     ax.text(p, v, _fmt(v), ha="center", va="bottom", fontsize=7, rotation=90)
     ax.set_xticks(x, METHOD_ORDER)
     _log_axis(ax)
+    _room_above_bars(ax)
     ax.set_xlabel("initial pruning method")
     ax.set_ylabel("WikiText-2 perplexity (log scale)")
     ax.set_title(f"Ours, {sparsity:.0%} unstructured ({_setting(sel) or 'no runs'})", fontsize=9)
@@ -643,6 +650,7 @@ def main_figure(frame, sparsity: float = 0.6):
                 ax.text(p, v, t, ha="center", va="bottom", fontsize=7, rotation=90)
     ax.set_xticks(x, METHOD_ORDER)
     _log_axis(ax)
+    _room_above_bars(ax)
     ax.set_xlabel("initial pruning method")
     ax.set_ylabel("WikiText-2 perplexity (log scale)")
     ax.set_title("Paper, 60% unstructured (quoted, not measured here)", fontsize=9)
@@ -672,7 +680,9 @@ def sparsity_figure(frame):
     _log_axis(ax)
     ax.set_xlabel("sparsity (% of weights pruned)")
     ax.set_ylabel("WikiText-2 perplexity (log scale)")
-    ax.set_title(f"Ours ({_setting(sel) or 'no runs'}); dashed: initial, solid: w. DSnoT", fontsize=9)
+    ax.set_title(f"Ours ({_setting(sel) or 'no runs'})\ndashed: initial, solid: w. DSnoT", fontsize=9)
+    if len(sel):
+        ax.set_xticks(sorted({round(100 * v, 6) for v in sel["sparsity"]}))
     if i:
         ax.legend(fontsize=7)
     ax = axes[0, 1]
@@ -747,13 +757,20 @@ def criterion_figure(frame):
     if sel["model"].nunique():
         model = sel["model"].value_counts().index[0]
         sel = sel[sel["model"] == model]
+    pairs = sel[["grow", "prune"]].drop_duplicates()
+    if len(pairs) > 1:
         grid = sel.pivot_table(index="prune", columns="grow", values="ppl", aggfunc="last")
         grid.index.name, grid.columns.name = "prune criterion", "grow criterion"
         criterion_heatmap(grid, axes[0, 0], title=f"Ours: {model}, Wanda 60%, {sel['preset'].iloc[0]} preset ({len(sel)} runs)",
                           label="WikiText-2 perplexity", fmt="{:.2f}")  # fmt: skip
     else:
-        axes[0, 0].text(0.5, 0.5, "no runs with stored grow/prune criteria\n(notebook 03 fills them)",
-                        ha="center", va="center", transform=axes[0, 0].transAxes)  # fmt: skip
+        have = "no run" if not len(pairs) else (
+            f"one grow/prune pair (prune {pairs.iloc[0]['prune']}, grow {pairs.iloc[0]['grow']}: "
+            f"{_fmt(float(sel['ppl'].iloc[-1]))})")
+        axes[0, 0].text(0.5, 0.5, f"This table has {have}\nfor Wanda 60% + DSnoT: no grid to draw.\n\n"
+                        "Notebook 03 draws the grid on one layer;\nwhole-model runs with other criteria:\n"
+                        "explore.ModelLab(...).run(..., config=DSnoTConfig(grow=..., prune=...))",
+                        ha="center", va="center", fontsize=9, transform=axes[0, 0].transAxes)  # fmt: skip
         axes[0, 0].set_axis_off()
         axes[0, 0].set_title("Ours")
     criterion_heatmap(paper_table7_frame(), axes[0, 1], title="Paper Table 7, LLaMA-7B (quoted, not measured here)",

@@ -202,3 +202,14 @@ def test_figures_is_a_subcommand(capsys):
         main(["figures", "--help"])
     out = capsys.readouterr().out
     assert "--table" in out and "--out" in out and "results/results.csv" in out
+
+
+def test_criterion_figure_says_when_there_is_no_grid(tmp_path):
+    fake_run(tmp_path, "wanda", True, 0.6, 17.0)
+    fig = figures.criterion_figure(figures.load_table(tmp_path / "results.csv"))
+    texts = " ".join(t.get_text() for t in fig.axes[0].texts)
+    assert "one grow/prune pair (prune eq3, grow eq2: 17.00)" in texts and "no grid to draw" in texts
+    fake_run(tmp_path, "wanda", True, 0.6, 18.0, grow="wanda")
+    fig = figures.criterion_figure(figures.load_table(tmp_path / "results.csv"))
+    assert not fig.axes[0].texts or "no grid" not in " ".join(t.get_text() for t in fig.axes[0].texts)
+    assert "2 runs" in fig.axes[0].get_title()
