@@ -31,13 +31,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 NB_DIR = ROOT / "notebooks"
 KERNEL_NAME = "dsnot-lite-run"
-CELL_TIMEOUT_S = 600  # per cell; full-mode model sweeps set --cell-timeout higher
+CELL_TIMEOUT_S = 600  # seconds per cell in fast mode (CI); full mode allows 7200 unless --cell-timeout says otherwise
 
 
 def _kernel_manager(kernel_dir: Path, fast: bool):
-    """A KernelManager for a throw-away kernelspec running ``sys.executable`` (nothing installed)."""
+    """An AsyncKernelManager (nbclient's own kind: with a blocking one the cell timeout never fires)
+    for a throw-away kernelspec running ``sys.executable`` (nothing to install)."""
     from jupyter_client.kernelspec import KernelSpecManager
-    from jupyter_client.manager import KernelManager
+    from jupyter_client.manager import AsyncKernelManager
 
     kdir = kernel_dir / KERNEL_NAME
     kdir.mkdir(parents=True, exist_ok=True)
@@ -51,7 +52,7 @@ def _kernel_manager(kernel_dir: Path, fast: bool):
     }
     (kdir / "kernel.json").write_text(json.dumps(spec), encoding="utf-8")
     ksm = KernelSpecManager(kernel_dirs=[str(kernel_dir)])
-    return KernelManager(kernel_name=KERNEL_NAME, kernel_spec_manager=ksm)
+    return AsyncKernelManager(kernel_name=KERNEL_NAME, kernel_spec_manager=ksm)
 
 
 def inject_parameters(nb, overrides: list[str]) -> None:
@@ -77,7 +78,7 @@ def execute(path: Path, fast: bool, overrides: list[str] | None = None, cell_tim
     """
     import nbformat
     from nbclient import NotebookClient
-    from nbclient.exceptions import CellExecutionError
+    from nbclient.exceptions import CellExecutionError, CellTimeoutError, DeadKernelError
 
     nb = nbformat.read(path, as_version=4)
     inject_parameters(nb, overrides or [])
@@ -90,15 +91,23 @@ def execute(path: Path, fast: bool, overrides: list[str] | None = None, cell_tim
             error = None
         except CellExecutionError as exc:
             error = f"{exc.ename}: {exc.evalue}" if getattr(exc, "ename", None) else str(exc).strip().splitlines()[-1]
+        except CellTimeoutError:
+            error = f"a cell ran longer than {cell_timeout} s (raise it with --cell-timeout)"
+        except DeadKernelError:
+            error = "the kernel died (out of memory?)"
         return nb, time.perf_counter() - t0, error
 
 
 def _write_atomic(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def main(argv: list[str] | None = None) -> int:

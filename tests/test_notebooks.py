@@ -117,3 +117,16 @@ def test_runner_rejects_bad_parameters(tmp_path):
     with pytest.raises(SystemExit):
         runner.main([str(NOTEBOOKS[0]), "-p", "no equals sign", "--out", str(tmp_path)])
     assert not (tmp_path / "timings.json").exists()
+
+
+def test_runner_reports_a_cell_timeout(tmp_path):
+    import nbformat
+
+    params = nbformat.v4.new_code_cell("import time")
+    params.metadata["tags"] = ["parameters"]
+    src = tmp_path / "slow.ipynb"
+    nbformat.write(nbformat.v4.new_notebook(cells=[params, nbformat.v4.new_code_cell("time.sleep(30)")]), src)
+    out = tmp_path / "out"
+    assert _load_runner_module().main([str(src), "--cell-timeout", "2", "--out", str(out)]) == 1
+    entry = json.loads((out / "timings.json").read_text())["slow.full"]
+    assert not entry["passed"] and "longer than 2 s" in entry["error"] and entry["seconds"] < 25
