@@ -73,11 +73,10 @@ def _load_runner_module():
 
 @pytest.mark.notebooks
 @pytest.mark.parametrize("path", PARAMS)
-def test_executes_in_fast_mode(path, monkeypatch, record_property):
+def test_executes_in_fast_mode(path, monkeypatch):
     monkeypatch.setenv("DSNOT_LITE_FAST", "1")
     nb, elapsed, error = _load_runner_module().execute(path, fast=True, cell_timeout=CELL_TIMEOUT_S)
     assert error is None, f"{path.name} failed in fast mode: {error}"
-    record_property("fast_mode_seconds", round(elapsed, 1))
     print(f"{path.name}: executed in fast mode in {elapsed:.1f} s")
     # nbclient skips empty code cells and cells tagged skip-execution; every other one must have run.
     runnable = [c for c in nb.cells if c.cell_type == "code" and c.source.strip()
