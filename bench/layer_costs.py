@@ -38,6 +38,7 @@ import argparse
 import csv
 import dataclasses
 import gc
+import io
 import json
 import os
 import platform
@@ -53,7 +54,9 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))  # the oracle lives with the tests
 
 from dsnot_lite.dsnot import dsnot, preset  # noqa: E402
+from dsnot_lite.figures import save_figure  # noqa: E402
 from dsnot_lite.pruners import initial_mask, sparsegpt_inverse_hessian_diag, sparsegpt_prune  # noqa: E402
+from dsnot_lite.results import atomic_write_text  # noqa: E402
 from dsnot_lite.stats import ChannelStats  # noqa: E402
 
 SHAPES = {
@@ -432,8 +435,7 @@ def plot(rows: list[dict], oracle: dict | None, path: Path) -> None:
     axes[1, 1].set_title(title, fontsize=10)
     axes[1, 1].set_ylim(bottom=0)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110, metadata={"Software": None})  # no version or date: re-runs do not churn
+    save_figure(fig, path, dpi=110)  # atomic, no version or date: re-runs do not churn
     plt.close(fig)
 
 
@@ -448,13 +450,13 @@ def write(rows: list[dict], meta: dict, out_dir: Path, fig_path: Path, base: tup
         rows = [r for r in old_rows if key(r) not in fresh] + rows
         meta = {**old_meta, **meta, "runs": old_meta.get("runs", []) + [{k: meta.get(k) for k in RUN_KEYS}]}
     meta["summary_table"] = summary_table(rows)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    with open(out_dir / "layer_costs.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=FIELDS, extrasaction="ignore")
-        w.writeheader()
-        for r in rows:
-            w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()})
-    (out_dir / "layer_costs.json").write_text(json.dumps({**meta, "rows": rows}, indent=1, default=str) + "\n")
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=FIELDS, extrasaction="ignore")
+    w.writeheader()
+    for r in rows:
+        w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()})
+    atomic_write_text(out_dir / "layer_costs.csv", buf.getvalue())
+    atomic_write_text(out_dir / "layer_costs.json", json.dumps({**meta, "rows": rows}, indent=1, default=str) + "\n")
     plot(rows, meta.get("oracle"), fig_path)
     return meta
 

@@ -52,6 +52,7 @@ from dsnot_lite.dsnot import dsnot, preset  # noqa: E402
 from dsnot_lite.models import find_linears  # noqa: E402
 from dsnot_lite.pipeline import PruneSpec, prune_layer  # noqa: E402
 from dsnot_lite.pruners import initial_mask  # noqa: E402
+from dsnot_lite.results import atomic_write_text  # noqa: E402
 
 GIB = 2**30
 LLAMA = {  # hidden, intermediate, heads, layers, vocab
@@ -377,10 +378,9 @@ def main(argv=None) -> None:
         "sanity_check": {"predicted_mb": predicted_mb, "measured_mb": measured_mb, "ratio": measured_mb / predicted_mb},
         "paper_seconds_llama7b_a100": PAPER_SECONDS,
     }  # fmt: skip
-    args.out_dir.mkdir(parents=True, exist_ok=True)
-    (args.out_dir / "llama7b_sim.json").write_text(json.dumps(result, indent=1, default=str) + "\n")
+    atomic_write_text(args.out_dir / "llama7b_sim.json", json.dumps(result, indent=1, default=str) + "\n")
     md = markdown(result)
-    (args.out_dir / "llama7b_sim.md").write_text(md + "\n")
+    atomic_write_text(args.out_dir / "llama7b_sim.md", md + "\n")
     print(md)
 
 

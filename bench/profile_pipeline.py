@@ -55,6 +55,7 @@ from dsnot_lite.evaluation import perplexity, tokenize_test_text  # noqa: E402
 from dsnot_lite.models import convert_bundled, find_linears, load_model  # noqa: E402
 from dsnot_lite.pipeline import PruneSpec, prune_layer  # noqa: E402
 from dsnot_lite.pruners import initial_mask  # noqa: E402
+from dsnot_lite.results import atomic_write_text  # noqa: E402
 
 
 def log(msg: str) -> None:
@@ -241,10 +242,9 @@ def main(argv=None) -> None:
         log("micro-measurements ...")
         result["micro"] = micro(args, extra)
     result["load_end"] = [round(x, 2) for x in os.getloadavg()]
-    args.out_dir.mkdir(parents=True, exist_ok=True)
-    (args.out_dir / "profile_pipeline.json").write_text(json.dumps(result, indent=1, default=str) + "\n")
+    atomic_write_text(args.out_dir / "profile_pipeline.json", json.dumps(result, indent=1, default=str) + "\n")
     md = markdown(result)
-    (args.out_dir / "profile_pipeline.md").write_text(md + "\n")
+    atomic_write_text(args.out_dir / "profile_pipeline.md", md + "\n")
     print(md)
 
 

@@ -98,18 +98,6 @@ def execute(path: Path, fast: bool, overrides: list[str] | None = None, cell_tim
         return nb, time.perf_counter() - t0, error
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("notebooks", nargs="*", type=Path, help="default: every notebooks/*.ipynb, in order")
@@ -135,6 +123,8 @@ def main(argv: list[str] | None = None) -> int:
 
     import nbformat
 
+    from dsnot_lite.results import atomic_write_text
+
     failed = 0
     total = 0.0
     for path in paths:
@@ -144,11 +134,11 @@ def main(argv: list[str] | None = None) -> int:
         total += seconds
         print(f"  {'FAILED: ' + error if error else 'passed'} in {seconds:.1f} s", flush=True)
         # the executed copy is written either way: a failed one shows the traceback in its cell
-        _write_atomic(args.out / f"{path.stem}.{mode}.ipynb", nbformat.writes(nb))
+        atomic_write_text(args.out / f"{path.stem}.{mode}.ipynb", nbformat.writes(nb))
         timings[f"{path.stem}.{mode}"] = {"notebook": path.name, "mode": mode, "seconds": round(seconds, 1),
                                           "passed": error is None, "error": error, "parameters": args.parameter,
                                           "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-        _write_atomic(timings_path, json.dumps(timings, indent=1, sort_keys=True) + "\n")
+        atomic_write_text(timings_path, json.dumps(timings, indent=1, sort_keys=True) + "\n")
     print(f"{len(paths)} notebook(s), {mode} mode: {total:.1f} s in all, {failed} failed; executed copies in {args.out}")
     return 1 if failed else 0
 
