@@ -21,6 +21,9 @@ from pathlib import Path
 
 EXIT_USAGE = 2
 OPTIONAL_SUBCOMMANDS = ("figures",)
+GROW_CHOICES = PRUNE_CHOICES = ("eq2", "eq3", "wanda", "magnitude")  # dsnot.GROW_CRITERIA, without importing torch
+DSNOT_KNOBS = {"max_cycle_time": "--T", "update_threshold": "--eps", "grow": "--grow", "prune": "--prune",
+               "pow_of_var_regrowing": "--pow-of-var", "sign_check": "--sign-check"}  # DSnoTConfig field: flag
 
 
 class UsageError(Exception):
@@ -53,6 +56,14 @@ def _add_run_parser(sub) -> None:
     p.add_argument("--no-weight-update", action="store_true",
                    help="SparseGPT without DSnoT: saliency mask only, no OBS weight update (DSnoT's starting point)")
     p.add_argument("--preset", default="official", choices=["official", "paper"], help="DSnoT preset")
+    knobs = p.add_argument_group("DSnoT knobs (with --dsnot; each overrides the preset, default: the preset's)")
+    knobs.add_argument("--T", type=int, default=None, dest="max_cycle_time", help="max swaps per row (paper: 50)")
+    knobs.add_argument("--eps", type=float, default=None, dest="update_threshold", help="stop threshold on |E[Delta]| (paper: 0.1)")
+    knobs.add_argument("--grow", default=None, choices=GROW_CHOICES, help="grow criterion (paper Table 7; method: eq2)")
+    knobs.add_argument("--prune", default=None, choices=PRUNE_CHOICES, help="prune criterion (paper Table 7; method: eq3)")
+    knobs.add_argument("--pow-of-var", type=float, default=None, dest="pow_of_var_regrowing",
+                       help="exponent of Var(A) in Eq. 2 (R10: 1)")
+    knobs.add_argument("--sign-check", default=None, choices=["on", "off"], help="R4/R5: stop a row before its error changes sign")
     p.add_argument("--sparsity", type=float, default=None, help="fraction of zeros per layer, in [0, 1)")
     p.add_argument("--nm", default=None, help="N:M semi-structured sparsity, e.g. 2:4")
     p.add_argument("--nsamples", type=int, default=32, help="calibration windows (paper: 128)")
@@ -118,13 +129,34 @@ def _run_config(args):
         raise UsageError(str(exc)) from None
     if args.no_weight_update and (args.method != "sparsegpt" or args.dsnot):
         raise UsageError("--no-weight-update applies only to --method sparsegpt without --dsnot; fix: drop it")
-    spec = PruneSpec(args.method, sparsity, nm, args.dsnot, args.preset, weight_update=not args.no_weight_update)
+    spec = PruneSpec(args.method, sparsity, nm, args.dsnot, args.preset, _dsnot_config(args),
+                     weight_update=not args.no_weight_update)
     return RunConfig(
         model=args.model, spec=spec, nsamples=args.nsamples, seqlen=args.seqlen, seed=args.seed,
         max_windows=args.max_windows, data_dir=args.data_dir, device=args.device, dtype=args.dtype,
         batch_size=args.batch_size, eval_batch_size=args.eval_batch_size, save_model=args.save_model,
         progress=not args.no_progress,
     )  # fmt: skip
+
+
+def _dsnot_config(args):
+    """The preset with the DSnoT knobs given on the command line, or None when none was given."""
+    given = {k: getattr(args, k) for k in DSNOT_KNOBS if getattr(args, k) is not None}
+    if not given:
+        return None
+    if not args.dsnot:
+        flags = ", ".join(DSNOT_KNOBS[k] for k in given)
+        raise UsageError(f"DSnoT options ({flags}) given without --dsnot; fix: add --dsnot or drop them")
+    import dataclasses
+
+    from dsnot_lite.dsnot import preset
+
+    if "sign_check" in given:
+        given["sign_check"] = given["sign_check"] == "on"
+    try:
+        return dataclasses.replace(preset(args.preset), **given)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
 
 
 def cmd_run(args) -> int:

@@ -101,11 +101,11 @@ class DSnoTConfig:
 
     def __post_init__(self) -> None:
         if not isinstance(self.max_cycle_time, int) or self.max_cycle_time < 0:
-            raise ValueError(f"max_cycle_time (T) must be an int >= 0, got {self.max_cycle_time!r}; the paper uses 50")
+            raise ValueError(f"max_cycle_time (T) must be an int >= 0, got {self.max_cycle_time!r}; fix: e.g. 50, the paper's value")
         if not self.update_threshold >= 0:
-            raise ValueError(f"update_threshold (epsilon) must be >= 0, got {self.update_threshold!r}; the paper uses 0.1")
+            raise ValueError(f"update_threshold (epsilon) must be >= 0, got {self.update_threshold!r}; fix: e.g. 0.1, the paper's value")
         if not self.pow_of_var_regrowing >= 0:
-            raise ValueError(f"pow_of_var_regrowing must be >= 0, got {self.pow_of_var_regrowing!r}; the reference uses 1")
+            raise ValueError(f"pow_of_var_regrowing must be >= 0, got {self.pow_of_var_regrowing!r}; fix: e.g. 1, the reference's value")
         for name, value, allowed in (
             ("grow", self.grow, GROW_CRITERIA),
             ("prune", self.prune, PRUNE_CRITERIA),

@@ -509,8 +509,9 @@ def load_table(path: str | os.PathLike):
     frame["config"] = [_config_of(o, path.parent) for o in frame["output"]]
     frame["grow"] = [c.get("grow") if c else None for c in frame["config"]]
     frame["prune"] = [c.get("prune") if c else None for c in frame["config"]]
+    frame["knobs"] = [_other_knobs(c, p) for c, p in zip(frame["config"], frame["preset"])]
     keys = [c for c in ("model", "method", "dsnot", "preset", "weight_update", "sparsity", "nm", "nsamples", "seqlen",
-                        "max_windows", "grow", "prune", "seed") if c in frame]  # fmt: skip
+                        "max_windows", "grow", "prune", "knobs", "seed") if c in frame]  # fmt: skip
     frame = frame.sort_values("finished_at", na_position="first", kind="stable")
     frame = frame.drop_duplicates([k for k in keys], keep="last").reset_index(drop=True)
     return frame
@@ -539,9 +540,25 @@ def _paper_layout(frame):
     return frame[~((frame["method"] == "sparsegpt") & ~frame["dsnot"] & ~frame["weight_update"])]
 
 
+def _other_knobs(config: dict | None, preset_name) -> str:
+    """DSnoT settings other than grow/prune where a run departs from its preset (T, eps, ...),
+    e.g. ``"max_cycle_time=200"``; empty for runs without DSnoT or with the preset's settings."""
+    if not config or not isinstance(preset_name, str):
+        return ""
+    import dataclasses
+
+    from dsnot_lite.dsnot import preset
+
+    base = dataclasses.asdict(preset(preset_name))
+    return ", ".join(f"{k}={config[k]}" for k in sorted(base)
+                     if k not in ("grow", "prune") and k in config and config[k] != base[k])  # fmt: skip
+
+
 def _is_default_criteria(row) -> bool:
-    """Runs with the paper's criteria (grow Eq. 2, prune Eq. 3), or without DSnoT."""
-    return (_missing(row["grow"]) or row["grow"] == "eq2") and (_missing(row["prune"]) or row["prune"] == "eq3")
+    """Runs of the method as its preset defines it (grow Eq. 2, prune Eq. 3, the preset's T,
+    epsilon, ...), or without DSnoT."""
+    return ((_missing(row["grow"]) or row["grow"] == "eq2") and (_missing(row["prune"]) or row["prune"] == "eq3")
+            and not row.get("knobs"))  # fmt: skip
 
 
 def _run_name(method: str, dsnot: bool, preset) -> str:
@@ -750,7 +767,8 @@ def criterion_figure(frame):
     import pandas as pd
 
     fig, axes = _new(1, 2, size=(11.0, 4.2))
-    sel = frame[frame["dsnot"] & frame["grow"].notna() & (frame["method"] == "wanda") & frame["nm"].isna()]
+    sel = frame[frame["dsnot"] & frame["grow"].notna() & (frame["method"] == "wanda") & frame["nm"].isna()
+                & (frame["knobs"] == "")]  # fmt: skip
     sel = sel[(sel["sparsity"] - 0.6).abs() < 1e-9]
     if (sel["preset"] == "official").any():  # one preset per grid: the reference code's, if present
         sel = sel[sel["preset"] == "official"]

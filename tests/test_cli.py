@@ -50,6 +50,10 @@ def _run(argv, tmp_path, capsys):
         (["--method", "wanda", "--sparsity", "0.5", "--device", "tpu"], r"--device 'tpu' is not supported"),
         (["--method", "wanda", "--sparsity", "0.5", "--no-weight-update"], r"--no-weight-update applies only to"),
         (["--model", "/nonexistent/model", "--method", "wanda", "--sparsity", "0.5"], r"does not exist"),
+        (["--method", "wanda", "--sparsity", "0.5", "--T", "100", "--grow", "wanda"],
+         r"DSnoT options \(--T, --grow\) given without --dsnot"),
+        (["--method", "wanda", "--sparsity", "0.5", "--dsnot", "--eps", "-1"], r"update_threshold \(epsilon\) must be >= 0"),
+        (["--method", "wanda", "--sparsity", "0.5", "--dsnot", "--prune", "random"], r"invalid choice: 'random'"),
     ],
 )
 def test_bad_input_is_one_line_exit_2_and_no_files(argv, message, tmp_path, capsys):
@@ -62,6 +66,23 @@ def test_bad_input_is_one_line_exit_2_and_no_files(argv, message, tmp_path, caps
     assert re.search(message, lines[0]), lines[0]
     assert "Traceback" not in err
     assert list(tmp_path.iterdir()) == []  # no partial output
+
+
+def test_dsnot_knobs_override_the_preset_and_name_the_output():
+    from dsnot_lite.cli import _run_config, build_parser
+    from dsnot_lite.dsnot import preset
+    from dsnot_lite.experiment import default_output
+
+    argv = ["run", "--method", "wanda", "--sparsity", "0.6", "--dsnot", "--preset", "paper",
+            "--T", "200", "--eps", "0.01", "--grow", "wanda", "--sign-check", "off", "--pow-of-var", "2"]  # fmt: skip
+    cfg = _run_config(build_parser().parse_args(argv))
+    want = dict(max_cycle_time=200, update_threshold=0.01, grow="wanda", sign_check=False, pow_of_var_regrowing=2.0)
+    got = cfg.spec.config()
+    assert {k: getattr(got, k) for k in want} == want
+    assert (got.prune, got.statistics, got.layers) == (preset("paper").prune, "true", "all")  # the rest: the preset's
+    assert default_output(cfg).name == "smollm2-135m-wanda-dsnot-paper-T200-eps0.01-pow2-sign-off-grow-wanda-s60.json"
+    plain = _run_config(build_parser().parse_args(argv[:8]))
+    assert plain.spec.dsnot_config is None and default_output(plain).name == "smollm2-135m-wanda-dsnot-paper-s60.json"
 
 
 def test_parse_nm():

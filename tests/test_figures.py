@@ -113,7 +113,7 @@ def test_paper_numbers_are_the_specs():
 
 
 def fake_run(tmp_path: Path, method: str, dsnot: bool, sparsity: float, ppl: float, preset="official", nm=None, grow=None,
-             weight_update=None):
+             weight_update=None, knobs=None):
     """A result dict shaped like `run`'s (test data only; it is never reported as a measurement)."""
     result = {
         "model": "test-model", "method": method, "dsnot": dsnot, "preset": preset if dsnot else None,
@@ -126,7 +126,9 @@ def fake_run(tmp_path: Path, method: str, dsnot: bool, sparsity: float, ppl: flo
     }  # fmt: skip
     if weight_update is not None:
         result["weight_update"] = weight_update
-    name = f"{method}-{dsnot}-{preset}-{sparsity}-{nm}-{grow}-{weight_update}.json".replace(":", "_")
+    if knobs:
+        result["dsnot_config"].update(knobs)
+    name = f"{method}-{dsnot}-{preset}-{sparsity}-{nm}-{grow}-{weight_update}-{knobs}.json".replace(":", "_")
     result["output"] = str(tmp_path / name)
     write_json(result, tmp_path / name)
     append_table(result, tmp_path / "results.csv")
@@ -184,6 +186,18 @@ def test_sparsegpt_full_and_mask_only_go_to_their_own_columns(tmp_path):
     assert len(frame) == 5 and frame["weight_update"].sum() == 1
     assert "| test-model | 20.00 | – | – | 40.00 | 60.00 | – | – |" in figures.main_table(frame)
     assert "| test-model | sparsegpt | 60% | 55.00 | 60.00 | 50.00 |" in figures.preset_table(frame)
+
+
+def test_runs_with_other_dsnot_settings_stay_out_of_the_paper_tables(tmp_path):
+    """A later run with T = 200 is its own configuration: it neither replaces the preset's run
+    in Table 1 nor enters the criteria grid."""
+    fake_run(tmp_path, "wanda", False, 0.6, 18.0)
+    fake_run(tmp_path, "wanda", True, 0.6, 17.0)
+    fake_run(tmp_path, "wanda", True, 0.6, 99.0, knobs={"max_cycle_time": 200})
+    frame = figures.load_table(tmp_path / "results.csv")
+    assert len(frame) == 3 and set(frame["knobs"]) == {"", "max_cycle_time=200"}
+    assert "| 18.00 | 17.00 |" in figures.main_table(frame) and "99.00" not in figures.main_table(frame)
+    assert "99.00" not in figures.preset_table(frame)
 
 
 def test_latest_row_wins(tmp_path):
