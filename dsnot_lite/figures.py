@@ -331,20 +331,27 @@ def channel_statistics(layer, ax=None):
 
 
 def criterion_heatmap(frame, ax=None, title: str = "", label: str = "", fmt: str = "{:.4g}", cmap=SEQUENTIAL_CMAP):
-    """Heat map of a (prune criterion x grow criterion) table, values written in the cells."""
+    """Heat map of a (prune criterion x grow criterion) table, values written in the cells.
+
+    Positive values spanning more than 10x get a logarithmic colour scale (the label says so).
+    """
     import numpy as np
+    from matplotlib.colors import LogNorm
 
     fig, ax = _own(ax, size=(5.6, 4.4))
     values = frame.to_numpy(dtype=float)
     masked = np.ma.masked_invalid(values)
-    im = ax.imshow(masked, cmap=cmap, aspect="auto")
+    finite = values[np.isfinite(values)]
+    log = finite.size > 0 and finite.min() > 0 and finite.max() > 10 * finite.min()
+    norm = LogNorm(finite.min(), finite.max()) if log else None
+    label = f"{label} (log colour scale)" if log and label else label
+    im = ax.imshow(masked, cmap=cmap, aspect="auto", norm=norm)
     ax.figure.colorbar(im, ax=ax, label=label)
     ax.set_xticks(range(frame.shape[1]), [str(c) for c in frame.columns])
     ax.set_yticks(range(frame.shape[0]), [str(i) for i in frame.index])
     ax.set_xlabel(f"{frame.columns.name or 'grow criterion'}")
     ax.set_ylabel(f"{frame.index.name or 'prune criterion'}")
-    finite = values[np.isfinite(values)]
-    mid = (finite.min() + finite.max()) / 2 if finite.size else 0
+    mid = (math.sqrt(finite.min() * finite.max()) if log else (finite.min() + finite.max()) / 2) if finite.size else 0
     for i in range(values.shape[0]):
         for j in range(values.shape[1]):
             if math.isfinite(values[i, j]):
@@ -554,7 +561,7 @@ def _other_knobs(config: dict | None, preset_name) -> str:
                      if k not in ("grow", "prune") and k in config and config[k] != base[k])  # fmt: skip
 
 
-def _is_default_criteria(row) -> bool:
+def is_preset_default(row) -> bool:
     """Runs of the method as its preset defines it (grow Eq. 2, prune Eq. 3, the preset's T,
     epsilon, ...), or without DSnoT."""
     return ((_missing(row["grow"]) or row["grow"] == "eq2") and (_missing(row["prune"]) or row["prune"] == "eq3")
@@ -597,7 +604,7 @@ def main_table(frame, sparsity: float = 0.6) -> str:
     header = "| model | dense | " + " | ".join(f"{m} | w. DSnoT" for m in METHOD_ORDER) + " | setting |"
     lines += [header, "|" + "---|" * (3 + 2 * len(METHOD_ORDER)) ]
     frame = _paper_layout(frame)
-    sel = frame[(frame["nm"].isna()) & frame.apply(_is_default_criteria, axis=1)]
+    sel = frame[(frame["nm"].isna()) & frame.apply(is_preset_default, axis=1)]
     for model in sorted(sel["model"].unique()):
         m = sel[sel["model"] == model]
         dense = m[m["method"] == "dense"]["ppl"]
@@ -626,7 +633,7 @@ def main_figure(frame, sparsity: float = 0.6):
 
     fig, axes = _new(1, 2, size=(12.0, 4.2))
     frame = _paper_layout(frame)
-    sel = frame[(frame["nm"].isna()) & frame.apply(_is_default_criteria, axis=1)
+    sel = frame[(frame["nm"].isna()) & frame.apply(is_preset_default, axis=1)
                 & ((frame["sparsity"] - sparsity).abs() < 1e-9)]  # fmt: skip
     models = sorted(sel["model"].unique())
     ax = axes[0, 0]
@@ -681,7 +688,7 @@ def sparsity_figure(frame):
     fig, axes = _new(1, 2, size=(12.0, 4.2))
     ax = axes[0, 0]
     frame = _paper_layout(frame)
-    sel = frame[(frame["nm"].isna()) & (frame["method"] != "dense") & frame.apply(_is_default_criteria, axis=1)]
+    sel = frame[(frame["nm"].isna()) & (frame["method"] != "dense") & frame.apply(is_preset_default, axis=1)]
     sel = sel[~sel["dsnot"] | (sel["preset"] == "official")]
     i = 0
     for model in sorted(sel["model"].unique()):
@@ -724,7 +731,7 @@ def nm_table(frame) -> str:
     lines = ["## N:M semi-structured sparsity", "", "### Ours (from the results table)", "",
              "| model | N:M | method | initial | w. DSnoT (official) | w. DSnoT (paper preset) |", "|---|---|---|---|---|---|"]  # fmt: skip
     frame = _paper_layout(frame)
-    sel = frame[frame["nm"].notna() & frame.apply(_is_default_criteria, axis=1)]
+    sel = frame[frame["nm"].notna() & frame.apply(is_preset_default, axis=1)]
     for (model, nm, method), q in sel.groupby(["model", "nm", "method"], sort=True):
         cell = lambda ds, pre=None: _fmt(float(q[(q["dsnot"] == ds) & ((q["preset"] == pre) if pre else True)]["ppl"].iloc[-1])) if len(q[(q["dsnot"] == ds) & ((q["preset"] == pre) if pre else True)]) else "–"  # noqa: E731
         lines.append(f"| {model} | {nm} | {method} | {cell(False)} | {cell(True, 'official')} | {cell(True, 'paper')} |")
@@ -743,7 +750,7 @@ def preset_table(frame) -> str:
              "Ours only (the paper reports one number per setting). *initial* is the mask DSnoT starts from: "
              "for SparseGPT its saliency mask without the weight update, when the table has that run.", "",
              "| model | method | sparsity | initial | official | paper |", "|---|---|---|---|---|---|"]  # fmt: skip
-    sel = frame[frame.apply(_is_default_criteria, axis=1) & (frame["method"] != "dense")]
+    sel = frame[frame.apply(is_preset_default, axis=1) & (frame["method"] != "dense")]
     n = 0
     for (model, method, sp, nm), q in sel.groupby(["model", "method", "sparsity", sel["nm"].fillna("")], sort=True):
         vals = {}
@@ -778,6 +785,9 @@ def criterion_figure(frame):
     pairs = sel[["grow", "prune"]].drop_duplicates()
     if len(pairs) > 1:
         grid = sel.pivot_table(index="prune", columns="grow", values="ppl", aggfunc="last")
+        # the paper's layout (grow: wanda, eq3, eq2; prune: eq2, eq3, wanda), magnitude last
+        grid = grid.loc[[r for r in ("eq2", "eq3", "wanda", "magnitude") if r in grid.index],
+                        [c for c in ("wanda", "eq3", "eq2", "magnitude") if c in grid.columns]]  # fmt: skip
         grid.index.name, grid.columns.name = "prune criterion", "grow criterion"
         criterion_heatmap(grid, axes[0, 0], title=f"Ours: {model}, Wanda 60%, {sel['preset'].iloc[0]} preset ({len(sel)} runs)",
                           label="WikiText-2 perplexity", fmt="{:.2f}")  # fmt: skip
@@ -803,7 +813,7 @@ def layer_figure(frame):
     Runs with the official preset and the method's criteria are preferred.
     """
     sel = frame[frame["dsnot"] & (frame["method"] == "wanda") & frame["output"].notna()]
-    rank = [(r["preset"] == "official") + _is_default_criteria(r) for _, r in sel.iterrows()]
+    rank = [(r["preset"] == "official") + is_preset_default(r) for _, r in sel.iterrows()]
     sel = sel.assign(_rank=rank).sort_values("_rank", kind="stable")
     for index, row in sel.iloc[::-1].iterrows():
         data = _json_of(row["output"])

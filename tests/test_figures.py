@@ -227,3 +227,13 @@ def test_criterion_figure_says_when_there_is_no_grid(tmp_path):
     fig = figures.criterion_figure(figures.load_table(tmp_path / "results.csv"))
     assert not fig.axes[0].texts or "no grid" not in " ".join(t.get_text() for t in fig.axes[0].texts)
     assert "2 runs" in fig.axes[0].get_title()
+
+
+def test_criterion_heatmap_goes_logarithmic_only_for_wide_ranges():
+    import pandas as pd
+
+    wide = pd.DataFrame([[10.0, 2000.0], [12.0, 11.0]], index=["eq2", "eq3"], columns=["wanda", "eq2"])
+    fig = figures.criterion_heatmap(wide, label="perplexity")
+    assert "log colour scale" in fig.axes[-1].get_ylabel()
+    fig = figures.criterion_heatmap(wide.clip(upper=50.0), label="perplexity")
+    assert fig.axes[-1].get_ylabel() == "perplexity"
