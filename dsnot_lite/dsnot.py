@@ -47,7 +47,7 @@ candidate lists       reference quirks (R2, R3 defects)           pruned / kept 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 import torch
 
@@ -136,6 +136,14 @@ def preset(name: str) -> DSnoTConfig:
     if name not in PRESETS:
         raise ValueError(f"unknown DSnoT preset {name!r}; choose one of {tuple(PRESETS)}")
     return PRESETS[name]
+
+
+def preset_overrides(config: DSnoTConfig | dict, name: str) -> dict:
+    """The fields where ``config`` (a DSnoTConfig or its ``asdict``, as stored in a run record)
+    differs from ``preset(name)``, in field order: ``{field: value}``."""
+    base = asdict(preset(name))
+    values = config if isinstance(config, dict) else asdict(config)
+    return {k: values[k] for k in base if k in values and values[k] != base[k]}
 
 
 @dataclass

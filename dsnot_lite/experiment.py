@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from dsnot_lite import data as data_mod
-from dsnot_lite.dsnot import preset
+from dsnot_lite.dsnot import preset_overrides
 from dsnot_lite.evaluation import perplexity, tokenize_test_text
 from dsnot_lite.models import default_dtype, load_model, save_model
 from dsnot_lite.pipeline import PhaseTimer, PruneSpec, prune_model
@@ -146,17 +146,11 @@ def _version(package: str) -> str:
     return importlib.metadata.version(package)
 
 
-def _changed_knobs(base, config) -> dict:
-    """Short names and values of the DSnoTConfig fields where ``config`` differs from ``base``."""
-    short = {"max_cycle_time": "T", "update_threshold": "eps", "grow": "grow-", "prune": "prune-",
-             "pow_of_var_regrowing": "pow", "sign_check": "sign-"}  # fmt: skip
-    out = {}
-    for f in dataclasses.fields(config):
-        value = getattr(config, f.name)
-        if value != getattr(base, f.name):
-            shown = ("on" if value else "off") if isinstance(value, bool) else f"{value:g}" if isinstance(value, float) else value
-            out[short.get(f.name, f.name + "-")] = shown
-    return out
+def _knob_label(name: str, value) -> str:
+    """``max_cycle_time=200`` -> ``T200`` (part of a default output file name)."""
+    short = {"max_cycle_time": "T", "update_threshold": "eps", "pow_of_var_regrowing": "pow", "sign_check": "sign-"}
+    shown = ("on" if value else "off") if isinstance(value, bool) else f"{value:g}" if isinstance(value, float) else value
+    return f"{short[name]}{shown}" if name in short else f"{name.replace('_', '-')}-{shown}"
 
 
 def default_output(cfg: RunConfig) -> Path:
@@ -167,8 +161,7 @@ def default_output(cfg: RunConfig) -> Path:
     if spec.dsnot:
         parts.append(f"dsnot-{spec.preset}")
         if spec.dsnot_config is not None:  # knobs that differ from the preset name the file too
-            base = preset(spec.preset)
-            parts += [f"{k}{v}" for k, v in _changed_knobs(base, spec.dsnot_config).items()]
+            parts += [_knob_label(k, v) for k, v in preset_overrides(spec.dsnot_config, spec.preset).items()]
     if not spec.weight_update:
         parts.append("mask-only")
     if spec.method != "dense":

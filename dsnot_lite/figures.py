@@ -552,13 +552,10 @@ def _other_knobs(config: dict | None, preset_name) -> str:
     e.g. ``"max_cycle_time=200"``; empty for runs without DSnoT or with the preset's settings."""
     if not config or not isinstance(preset_name, str):
         return ""
-    import dataclasses
+    from dsnot_lite.dsnot import preset_overrides
 
-    from dsnot_lite.dsnot import preset
-
-    base = dataclasses.asdict(preset(preset_name))
-    return ", ".join(f"{k}={config[k]}" for k in sorted(base)
-                     if k not in ("grow", "prune") and k in config and config[k] != base[k])  # fmt: skip
+    changed = preset_overrides(config, preset_name)
+    return ", ".join(f"{k}={v}" for k, v in sorted(changed.items()) if k not in ("grow", "prune"))
 
 
 def is_preset_default(row) -> bool:
