@@ -768,8 +768,6 @@ def preset_table(frame) -> str:
 
 def criterion_figure(frame):
     """Paper Table 7: ours (runs with non-default grow/prune criteria in their JSON) and the paper's."""
-    import pandas as pd
-
     fig, axes = _new(1, 2, size=(11.0, 4.2))
     sel = frame[frame["dsnot"] & frame["grow"].notna() & (frame["method"] == "wanda") & frame["nm"].isna()
                 & (frame["knobs"] == "")]  # fmt: skip

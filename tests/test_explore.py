@@ -10,7 +10,7 @@ import torch
 from _tinydir import tiny_model_dir
 
 from dsnot_lite import explore
-from dsnot_lite.dsnot import dsnot, gram_matrix, row_output_error
+from dsnot_lite.dsnot import dsnot, row_output_error
 from dsnot_lite.explore import LabConfig, LayerParams, ModelLab
 from dsnot_lite.pruners import initial_mask
 
