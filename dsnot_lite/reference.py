@@ -14,11 +14,18 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 
-from .dsnot import dsnot, preset
-from .pruners import initial_mask, initial_score, mask_from_score
-from .stats import ChannelStats
+from .core.dsnot import dsnot, preset
+from .core.pruners import initial_mask, initial_score, mask_from_score
+from .core.stats import ChannelStats
 
 STAT_KEYS = ("sum_metric_row", "scaler_row", "var", "mean")
+# The reference code's argument names -> ours (DSnoTConfig fields) and their types; the only place
+# the reference names appear (R5's ``without_same_sign`` is inverted into ``sign_check``).
+REFERENCE_NAMES = {
+    "max_cycle_time": ("T", int),
+    "update_threshold": ("eps", float),
+    "pow_of_var_regrowing": ("var_power", float),
+}
 
 
 def load_case(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
@@ -49,7 +56,8 @@ def masks_for_case(tensors: dict[str, torch.Tensor], params: dict) -> tuple[torc
     """(initial pruned mask, final pruned mask), bool, True = pruned, as the reference code returns.
 
     Uses ``weight``, the statistics (and ``hessian`` for ``initial_method=sparsegpt``) and
-    ``params``; the reference's defaults (R5, R10) apply where ``params`` is silent.
+    ``params``; the ``official`` preset's values, which are the reference's defaults (R5, R10), apply where
+    ``params`` is silent.
     """
     stats = ChannelStats.from_tensors({k: v for k, v in tensors.items() if k in (*STAT_KEYS, "hessian")})
     weight = tensors["weight"]
@@ -59,9 +67,7 @@ def masks_for_case(tensors: dict[str, torch.Tensor], params: dict) -> tuple[torc
     sparsity = float(params["sparsity_ratio"])
     config = replace(
         preset("official"),
-        max_cycle_time=int(params.get("max_cycle_time", 50)),
-        update_threshold=float(params.get("update_threshold", 0.1)),
-        pow_of_var_regrowing=float(params.get("pow_of_var_regrowing", 1)),
+        **{ours: kind(params[theirs]) for theirs, (ours, kind) in REFERENCE_NAMES.items() if theirs in params},
         sign_check=not params.get("without_same_sign", True),
     )
     start = initial_mask(weight, stats, method, sparsity, nm)

@@ -1,4 +1,4 @@
-"""Input checks shared by the pruners and DSnoT.
+"""Input checks shared by the tensor functions (pruners, refiners, errors).
 
 Every check raises ``ValueError`` with a message that names the problem and the fix, so a bad
 call never surfaces as a traceback from deep inside torch.
@@ -92,3 +92,20 @@ def check_hessian(hessian: torch.Tensor | None, in_features: int) -> torch.Tenso
         )
     check_finite("hessian", hessian)
     return hessian
+
+
+def check_gram(gram: torch.Tensor | None, in_features: int) -> torch.Tensor:
+    """A finite (C_in, C_in) Gram matrix ``X^T X`` of the layer's calibration inputs."""
+    if gram is None:
+        raise ValueError(
+            "this needs the Gram matrix X^T X of the layer's calibration inputs; fix: build the statistics "
+            "with ChannelStats(..., hessian=True) and pass stats.gram (or errors.gram_matrix(inputs))"
+        )
+    if not isinstance(gram, torch.Tensor) or tuple(gram.shape) != (in_features, in_features):
+        shape = tuple(gram.shape) if isinstance(gram, torch.Tensor) else type(gram).__name__
+        raise ValueError(
+            f"the Gram matrix must be ({in_features}, {in_features}) for a weight with C_in = {in_features}, "
+            f"got {shape}; fix: accumulate it on the inputs of this same layer"
+        )
+    check_finite("Gram matrix", gram)
+    return gram

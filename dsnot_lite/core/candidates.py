@@ -186,3 +186,27 @@ def weakest(rank: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     """Per row, the valid column that a stable ascending sort of ``rank`` puts first."""
     lowest = rank.masked_fill(~valid, float("inf")).amin(dim=1, keepdim=True)
     return (valid & (rank == lowest)).int().argmax(dim=1)  # first column holding the minimum
+
+
+class Pointers:
+    """A front and a back pointer per row over a ``Candidates`` list (R2): each iteration the row's
+    error picks one end (``Candidates.end``), ``next`` reads it and ``advance`` moves it inward."""
+
+    def __init__(self, cands: Candidates, strict: bool):
+        rows = cands.size.shape[0]
+        self.cands, self.strict = cands, strict
+        self.front = torch.zeros(rows, 1, dtype=torch.long, device=cands.size.device)
+        self.back = cands.size.reshape(rows, 1) - 1
+        self._from_back = torch.zeros(rows, 1, dtype=torch.bool, device=cands.size.device)
+
+    def next(self, error: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(column, whether it is a candidate) at the end each row's ``error`` selects."""
+        self._from_back = self.cands.take_back(error)
+        ok = self.cands.reachable(self._from_back, self.front, self.back, strict=self.strict)
+        return self.cands.column(torch.where(self._from_back, self.back, self.front)), ok
+
+    def advance(self, rows: torch.Tensor | None) -> None:
+        """Move the pointer used by the last ``next`` one step inward (every row, or ``rows`` only)."""
+        step = torch.ones_like(self.front) if rows is None else rows.long()
+        self.front += step * (~self._from_back).long()
+        self.back -= step * self._from_back.long()

@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 
 from .stats import ChannelStats
-from .validation import NM, check_hessian, check_nm, check_sparsity, check_weight
+from .checks import NM, check_hessian, check_nm, check_sparsity, check_weight
 
 METHODS = ("magnitude", "wanda", "sparsegpt")
 
