@@ -1,29 +1,27 @@
-"""The command line: ``python -m dsnot_lite run ...``.
+"""The command line: ``python -m dsnot_lite {run,study,figures} ...``.
 
-Subcommands:
+* ``run``: prune a causal LM block by block (optionally refined by DSnoT or the exact refiner),
+  score it on WikiText-2 (and zero-shot tasks), write one JSON result and a results-table row;
+* ``study``: the resumable "when does refinement help?" study (``study.refinement``);
+* ``figures``: the paper-style figures and tables from a results table (``study.paper_figures``).
 
-* ``run``: prune a causal LM block by block (optionally with DSnoT) and measure WikiText-2
-  perplexity; writes one JSON result (atomically) and appends a row to the results table.
-* ``figures`` (slot, owned elsewhere): registered when a module ``dsnot_lite.figures`` exists
-  and defines ``register_cli(subparsers)``.
-
-Bad input (sparsity outside [0, 1), a malformed ``--nm``, a missing data or model folder, ...)
-ends with a one-line ``error: <problem>; fix: <fix>`` on stderr and exit code 2, before any
-output file is written.
+Every option has the name of the setting it sets (``--var-floor`` is ``RunSpec.dsnot.var_floor``).
+Bad input ends with one line ``error: <problem>; fix: <fix>`` on stderr and exit code 2 before
+any model is loaded or any file written.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
+import dataclasses
 import sys
 from pathlib import Path
 
 EXIT_USAGE = 2
-OPTIONAL_SUBCOMMANDS = ("figures",)
-GROW_CHOICES = PRUNE_CHOICES = ("eq2", "eq3", "wanda", "magnitude")  # dsnot.GROW_CRITERIA, without importing torch
-DSNOT_KNOBS = {"max_cycle_time": "--T", "update_threshold": "--eps", "grow": "--grow", "prune": "--prune",
-               "pow_of_var_regrowing": "--pow-of-var", "sign_check": "--sign-check"}  # DSnoTConfig field: flag
+CRITERIA = ("eq2", "eq3", "wanda", "magnitude")  # core.dsnot.GROW_CRITERIA, without importing torch
+DSNOT_KNOBS = {"T": "--T", "eps": "--eps", "grow": "--grow", "prune": "--prune", "var_power": "--var-power",
+               "var_floor": "--var-floor", "sign_check": "--sign-check", "T_width": "--T-width"}  # fmt: skip
+SAVE_FORMATS = ("dense", "compressed-tensors")
 
 
 class UsageError(Exception):
@@ -31,180 +29,225 @@ class UsageError(Exception):
 
 
 class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):  # one line instead of argparse's usage block
-        raise UsageError(f"{message}; fix: see `python -m dsnot_lite {self.prog.split()[-1]} --help`")
+    def error(self, message: str):  # one line instead of argparse's usage block, naming this command
+        raise UsageError(f"{message}; fix: see `python -m {self.prog} --help`")
 
 
-def parse_nm(text: str | None) -> tuple[int, int] | None:
-    """``"2:4"`` -> ``(2, 4)``: N zeros in every block of M weights, 0 < N < M."""
-    if text is None:
-        return None
-    parts = text.split(":")
-    if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
-        raise UsageError(f"--nm {text!r} is not of the form N:M; fix: e.g. --nm 2:4")
-    n, m = (int(p) for p in parts)
-    if not 0 < n < m:
-        raise UsageError(f"--nm {text!r} needs 0 < N < M (N zeros per M weights); fix: e.g. --nm 2:4")
-    return n, m
-
-
-def _add_run_parser(sub) -> None:
-    p = sub.add_parser("run", help="prune a model and measure WikiText-2 perplexity")
-    p.add_argument("--model", default="smollm2-135m", help="bundled name (smollm2-135m), local HF folder or hub id")
+def _add_run(sub) -> None:
+    p = sub.add_parser("run", help="prune a model and score it on WikiText-2")
+    p.add_argument("--model", default="smollm2-135m", help="bundled name (smollm2-135m, gemma3-270m), local HF folder or hub id")
     p.add_argument("--method", default="wanda", choices=["dense", "magnitude", "wanda", "sparsegpt"])
-    p.add_argument("--dsnot", action="store_true", help="refine the initial mask with DSnoT")
-    p.add_argument("--no-weight-update", action="store_true",
-                   help="SparseGPT without DSnoT: saliency mask only, no OBS weight update (DSnoT's starting point)")
-    p.add_argument("--preset", default="official", choices=["official", "paper"], help="DSnoT preset")
-    knobs = p.add_argument_group("DSnoT knobs (with --dsnot; each overrides the preset, default: the preset's)")
-    knobs.add_argument("--T", type=int, default=None, dest="max_cycle_time", help="max swaps per row (paper: 50)")
-    knobs.add_argument("--eps", type=float, default=None, dest="update_threshold", help="stop threshold on |E[Delta]| (paper: 0.1)")
-    knobs.add_argument("--grow", default=None, choices=GROW_CHOICES, help="grow criterion (paper Table 7; method: eq2)")
-    knobs.add_argument("--prune", default=None, choices=PRUNE_CHOICES, help="prune criterion (paper Table 7; method: eq3)")
-    knobs.add_argument("--pow-of-var", type=float, default=None, dest="pow_of_var_regrowing",
-                       help="exponent of Var(A) in Eq. 2 (R10: 1)")
-    knobs.add_argument("--sign-check", default=None, choices=["on", "off"], help="R4/R5: stop a row before its error changes sign")
     p.add_argument("--sparsity", type=float, default=None, help="fraction of zeros per layer, in [0, 1)")
     p.add_argument("--nm", default=None, help="N:M semi-structured sparsity, e.g. 2:4")
+    p.add_argument("--refiner", default=None, choices=["dsnot", "exact", "dsnot+exact"], help="refine the initial mask")
+    p.add_argument("--dsnot", action="store_true", help="short for --refiner dsnot")
+    p.add_argument("--preset", default="official", choices=["official", "paper"], help="DSnoT preset")
+    p.add_argument("--no-weight-update", action="store_true",
+                   help="SparseGPT without a refiner: saliency mask only, no OBS weight update (the refiners' starting point)")
+    knobs = p.add_argument_group("refiner knobs (each overrides the preset; default: the preset's)")
+    knobs.add_argument("--T", type=int, default=None, help="most swaps per row, DSnoT and exact (paper: 50)")
+    knobs.add_argument("--eps", type=float, default=None, help="DSnoT: stop a row at |E[Delta]| <= eps (paper: 0.1)")
+    knobs.add_argument("--grow", default=None, choices=CRITERIA, help="DSnoT grow criterion (paper Table 7; method: eq2)")
+    knobs.add_argument("--prune", default=None, choices=CRITERIA, help="DSnoT prune criterion (paper Table 7; method: eq3)")
+    knobs.add_argument("--var-power", type=float, default=None, help="DSnoT: exponent of Var(A) in Eq. 2 (R10: 1)")
+    knobs.add_argument("--var-floor", type=float, default=None, help="DSnoT: Eq. 2 divides by max(Var, var_floor x median Var) (0: off)")
+    knobs.add_argument("--sign-check", default=None, choices=["on", "off"], help="DSnoT, R4/R5: stop a row before its error changes sign")
+    knobs.add_argument("--T-width", type=int, default=None, help="DSnoT: scale T to each layer, T x C_in / T_width (e.g. 4096)")
+    knobs.add_argument("--shortlist", default=None, help="exact: candidates per side scored in pairs, or 'all' (default 8)")
     p.add_argument("--nsamples", type=int, default=32, help="calibration windows (paper: 128)")
-    p.add_argument("--seqlen", type=int, default=512, help="tokens per calibration and eval window (paper: 2048)")
+    p.add_argument("--seqlen", type=int, default=512, help="tokens per calibration and evaluation window (paper: 2048)")
     p.add_argument("--seed", type=int, default=0, help="calibration sampling seed")
     p.add_argument("--max-windows", type=int, default=None, help="evaluate only the first N windows (quick run)")
+    p.add_argument("--eval-split", default="test", choices=["test", "validation"], help="WikiText-2 split scored")
+    p.add_argument("--blocks", type=int, default=None, help="prune only the first N decoder blocks")
+    p.add_argument("--attn", default="sdpa", choices=["sdpa", "eager"], help="attention implementation (eager: the reference's numerics)")
     p.add_argument("--batch-size", type=int, default=8, help="calibration windows per block forward")
-    p.add_argument("--eval-batch-size", type=int, default=4, help="WikiText-2 windows per evaluation forward")
+    p.add_argument("--eval-batch-size", type=int, default=4, help="evaluation windows per forward")
+    p.add_argument("--record-errors", action="store_true", help="record each layer's output error before/after (needs its Gram matrix)")
+    p.add_argument("--tasks", default=None, help="zero-shot tasks, comma-separated (lm-evaluation-harness; offline: wikitext2_lastword)")
+    p.add_argument("--tasks-limit", type=int, default=None, help="documents per zero-shot task (default: all)")
     p.add_argument("--device", default="cpu", help="cpu or cuda[:i]; blocks move to it one at a time")
-    p.add_argument("--dtype", default=None, choices=["float32", "float16", "bfloat16"],
-                   help="model weights (default fp32 on CPU, fp16 on CUDA)")  # fmt: skip
+    p.add_argument("--dtype", default=None, choices=["float32", "float16", "bfloat16"], help="weights (default fp32 on CPU, fp16 on CUDA)")
     p.add_argument("--data-dir", default=None, help="folder laid out like ../shared/data (else $DSNOT_LITE_DATA)")
     p.add_argument("--output", default=None, help="result JSON (default results/<run name>.json)")
     p.add_argument("--results-table", default="results/results.csv", help="CSV table the run's row is appended to")
     p.add_argument("--no-table", action="store_true", help="do not append to the results table")
     p.add_argument("--save-model", default=None, metavar="DIR", help="also write the pruned model folder")
+    p.add_argument("--save-format", default="dense", choices=SAVE_FORMATS, help="dense safetensors, or compressed-tensors (sparse)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_run)
 
 
-def _run_config(args):
-    """Validate ``run`` arguments (no heavy work) and build the RunConfig."""
-    from dsnot_lite import data as data_mod
-    from dsnot_lite.experiment import RunConfig
-    from dsnot_lite.pipeline import PruneSpec
+def _add_study(sub) -> None:
+    p = sub.add_parser("study", help="the resumable 'when does refinement help?' study on a bundled model")
+    p.add_argument("stage", nargs="*", default=[], help="stages to run (default: all; see --list)")
+    p.add_argument("--model", default="smollm2-135m", help="bundled model or folder")
+    p.add_argument("--out", default=None, help="output folder (default: studies/refinement-<model>)")
+    p.add_argument("--list", action="store_true", help="list the stages and their runs, compute nothing")
+    p.add_argument("--report-only", action="store_true", help="only rebuild the report from the stored runs")
+    p.add_argument("--data-dir", default=None, help="folder laid out like ../shared/data")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_study)
+
+
+def _add_figures(sub) -> None:
+    p = sub.add_parser("figures", help="paper-style figures and tables from a results table")
+    p.add_argument("--table", default="studies/refinement-smollm2-135m/results.csv", help="results table (CSV) to read")
+    p.add_argument("--out", default="figures", help="folder for the PNG figures and Markdown tables")
+    p.set_defaults(func=cmd_figures)
+
+
+def run_spec(args):
+    """The ``RunSpec`` of parsed ``run`` arguments (validation lives in ``RunSpec``)."""
+    from dsnot_lite.runs.spec import RunSpec, parse_nm
 
     nm = parse_nm(args.nm)
-    if args.sparsity is not None and not 0.0 <= args.sparsity < 1.0:
-        raise UsageError(f"--sparsity {args.sparsity} is outside [0, 1); fix: e.g. --sparsity 0.6 for 60% zeros")
-    if args.method == "dense":
-        if args.dsnot:
-            raise UsageError("--dsnot refines a pruned mask, but --method is dense; fix: choose another --method")
-        sparsity = 0.0
-    elif nm is not None:
-        if args.sparsity is not None and abs(args.sparsity - nm[0] / nm[1]) > 1e-9:
-            raise UsageError(f"--sparsity {args.sparsity} contradicts --nm {args.nm}; fix: give only one of them")
-        sparsity = nm[0] / nm[1]
-    elif args.sparsity is None:
+    refiner = args.refiner or ("dsnot" if args.dsnot else None)
+    if args.dsnot and args.refiner not in (None, "dsnot"):
+        raise UsageError(f"--dsnot means --refiner dsnot, but --refiner {args.refiner} was given; fix: give one of them")
+    if nm is not None and args.sparsity is not None and abs(args.sparsity - nm[0] / nm[1]) > 1e-9:
+        raise UsageError(f"--sparsity {args.sparsity} contradicts --nm {args.nm}; fix: give only one of them")
+    if args.method != "dense" and nm is None and args.sparsity is None:
         raise UsageError(f"--method {args.method} needs --sparsity or --nm; fix: e.g. --sparsity 0.6")
-    else:
-        sparsity = args.sparsity
-    for flag, value in (
-        ("--nsamples", args.nsamples), ("--batch-size", args.batch_size), ("--eval-batch-size", args.eval_batch_size)
-    ):
-        if value < 1:
-            raise UsageError(f"{flag} must be >= 1, got {value}; fix: pass a positive number")
-    if args.seqlen < 2:
-        raise UsageError(f"--seqlen must be >= 2, got {args.seqlen}; fix: e.g. --seqlen 512")
-    if args.max_windows is not None and args.max_windows < 1:
-        raise UsageError(f"--max-windows must be >= 1, got {args.max_windows}; fix: pass a positive number or omit it")
-    if args.device.startswith("cuda"):
-        import torch
-
-        if not torch.cuda.is_available():
-            raise UsageError(f"--device {args.device} but this torch build sees no CUDA GPU; fix: use --device cpu")
-    elif args.device != "cpu":
-        raise UsageError(f"--device {args.device!r} is not supported; fix: use cpu or cuda[:i]")
-    if args.save_model and Path(args.save_model).exists():
-        raise UsageError(f"--save-model {args.save_model!r} already exists; fix: choose a new folder")
-    try:
-        data_mod.resolve_data_dir(args.data_dir)
-    except FileNotFoundError as exc:
-        raise UsageError(str(exc)) from None
-    if args.no_weight_update and (args.method != "sparsegpt" or args.dsnot):
-        raise UsageError("--no-weight-update applies only to --method sparsegpt without --dsnot; fix: drop it")
-    spec = PruneSpec(args.method, sparsity, nm, args.dsnot, args.preset, _dsnot_config(args),
-                     weight_update=not args.no_weight_update)
-    return RunConfig(
-        model=args.model, spec=spec, nsamples=args.nsamples, seqlen=args.seqlen, seed=args.seed,
-        max_windows=args.max_windows, data_dir=args.data_dir, device=args.device, dtype=args.dtype,
-        batch_size=args.batch_size, eval_batch_size=args.eval_batch_size, save_model=args.save_model,
-        progress=not args.no_progress,
+    return RunSpec(
+        model=args.model, method=args.method, sparsity=args.sparsity or 0.0, nm=nm, refiner=refiner,
+        preset=args.preset, dsnot=_dsnot_config(args, refiner), exact=_exact_config(args, refiner),
+        weight_update=not args.no_weight_update, nsamples=args.nsamples, seqlen=args.seqlen, seed=args.seed,
+        max_windows=args.max_windows, eval_split=args.eval_split, blocks=args.blocks, attn=args.attn,
+        device=args.device, dtype=args.dtype, batch_size=args.batch_size, record_errors=args.record_errors,
+        tasks=tuple(t.strip() for t in args.tasks.split(",") if t.strip()) if args.tasks else (),
+        tasks_limit=args.tasks_limit, eval_batch_size=args.eval_batch_size, data_dir=args.data_dir,
     )  # fmt: skip
 
 
-def _dsnot_config(args):
+def _dsnot_config(args, refiner: str | None):
     """The preset with the DSnoT knobs given on the command line, or None when none was given."""
-    given = {k: getattr(args, k) for k in DSNOT_KNOBS if getattr(args, k) is not None}
+    given = {k: getattr(args, k) for k in DSNOT_KNOBS if k != "T" and getattr(args, k) is not None}
+    if args.T is not None and refiner and "dsnot" in refiner:
+        given["T"] = args.T
     if not given:
         return None
-    if not args.dsnot:
+    if not refiner or "dsnot" not in refiner:
         flags = ", ".join(DSNOT_KNOBS[k] for k in given)
-        raise UsageError(f"DSnoT options ({flags}) given without --dsnot; fix: add --dsnot or drop them")
-    import dataclasses
-
-    from dsnot_lite.dsnot import preset
+        raise UsageError(f"DSnoT options ({flags}) given without --refiner dsnot; fix: add --dsnot or drop them")
+    from dsnot_lite.core.dsnot import preset
 
     if "sign_check" in given:
         given["sign_check"] = given["sign_check"] == "on"
-    try:
-        return dataclasses.replace(preset(args.preset), **given)
-    except ValueError as exc:
-        raise UsageError(str(exc)) from None
+    return dataclasses.replace(preset(args.preset), **given)
+
+
+def _exact_config(args, refiner: str | None):
+    from dsnot_lite.core.exact import ExactConfig
+
+    uses_exact = bool(refiner) and "exact" in refiner
+    if args.shortlist is not None and not uses_exact:
+        raise UsageError("--shortlist is an option of the exact refiner; fix: add --refiner exact or drop it")
+    changes = {}
+    if args.shortlist is not None:
+        if args.shortlist != "all" and not args.shortlist.isdigit():
+            raise UsageError(f"--shortlist {args.shortlist!r} must be a positive integer or 'all'; fix: e.g. --shortlist 8")
+        changes["shortlist"] = None if args.shortlist == "all" else int(args.shortlist)
+    if args.T is not None and uses_exact:
+        changes["T"] = args.T
+    if args.T is not None and not refiner:
+        raise UsageError("--T sets the refiners' swaps per row, but no refiner was chosen; fix: add --refiner or drop --T")
+    return ExactConfig(**changes)
+
+
+def _preflight(args, spec) -> Path:
+    """Checks that need no model: output locations, data, GPU, optional packages. Returns the output path."""
+    from dsnot_lite.lm import data
+    from dsnot_lite.runs.io import check_writable
+
+    output = Path(args.output) if args.output else Path("results") / f"{spec.name()}.json"
+    check_writable(output, "--output")
+    if not args.no_table:
+        check_writable(args.results_table, "--results-table")
+    if args.save_model:
+        if Path(args.save_model).exists():
+            raise UsageError(f"--save-model {args.save_model!r} already exists; fix: choose a new folder")
+        check_writable(Path(args.save_model), "--save-model")
+        if args.save_format == "compressed-tensors":
+            from dsnot_lite.lm.export import require_compressed_tensors
+
+            require_compressed_tensors()
+    elif args.save_format != "dense":
+        raise UsageError("--save-format applies to --save-model; fix: add --save-model DIR or drop it")
+    data.resolve_data_dir(spec.data_dir)
+    if spec.device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise UsageError(f"--device {spec.device} but this torch build sees no CUDA GPU; fix: use --device cpu")
+    if spec.tasks:
+        from dsnot_lite.lm.zeroshot import check_tasks
+
+        check_tasks(spec.tasks, spec.data_dir)
+    return output
 
 
 def cmd_run(args) -> int:
-    from dsnot_lite.experiment import default_output, run_experiment
-    from dsnot_lite.results import append_table, write_json
+    spec = run_spec(args)
+    output = _preflight(args, spec)
+    from dsnot_lite.runs import schema
+    from dsnot_lite.runs.runner import run
 
-    cfg = _run_config(args)
-    output = Path(args.output) if args.output else default_output(cfg)
-    try:
-        result = run_experiment(cfg)
-    except (ValueError, FileNotFoundError, FileExistsError) as exc:  # input problems found while running
-        raise UsageError(str(exc)) from None
-    result["output"] = str(output)
-    write_json(result, output)
-    if not args.no_table:
-        append_table(result, args.results_table)
+    saved: dict = {}
+
+    def save(loaded) -> None:
+        if args.save_model:
+            from dsnot_lite.lm.export import save_pruned
+
+            saved.update(save_pruned(loaded, args.save_model, args.save_format, spec.nm))
+
+    result = run(spec, progress=not args.no_progress, after_eval=save)
+    result["saved_model"] = saved or None
+    schema.save_result(result, output, None if args.no_table else args.results_table)
     quick = "" if result["full_eval"] else f" (QUICK: first {result['windows']} of {result['total_windows']} windows)"
-    print(
-        f"{result['model']} {result['method']}{' + DSnoT ' + result['preset'] if result['dsnot'] else ''} "
-        f"sparsity {result['sparsity']:.3g}{' ' + result['nm'] if result['nm'] else ''}: "
-        f"WikiText-2 ppl {result['ppl']:.4f} at seqlen {result['seqlen']}{quick}; "
-        f"{result['seconds']['total']:.1f} s, peak {result['peak_memory_mb']:.0f} MB -> {output}"
-    )
+    print(f"{result['model']} {result['label']} sparsity {result['sparsity']:.3g}: WikiText-2 {spec.eval_split} "
+          f"ppl {result['ppl']:.4f} at seqlen {spec.seqlen}{quick}; {result['seconds']['total']:.1f} s, "
+          f"peak {result['peak_memory_mb']:.0f} MB -> {output}")  # fmt: skip
+    for task, metrics in (result["zero_shot"] or {}).items():
+        print(f"  zero-shot {task}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+    return 0
+
+
+def cmd_study(args) -> int:
+    from dsnot_lite.study import refinement
+
+    return refinement.main(args)
+
+
+def cmd_figures(args) -> int:
+    from dsnot_lite.study import paper_figures
+
+    paths = paper_figures.write_all(args.table, args.out)
+    for p in paths:
+        print(p)
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="dsnot_lite", description="DSnoT: training-free refinement of pruned LLM masks")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    _add_run_parser(sub)
-    for name in OPTIONAL_SUBCOMMANDS:  # slots other modules fill in
-        try:
-            module = importlib.import_module(f"dsnot_lite.{name}")
-        except ModuleNotFoundError as exc:
-            if exc.name != f"dsnot_lite.{name}":
-                raise
-            continue
-        if hasattr(module, "register_cli"):
-            module.register_cli(sub)
+    for add in (_add_run, _add_study, _add_figures):
+        add(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
     try:
-        args = build_parser().parse_args(argv)
+        args, extra = parser.parse_known_args(argv)
+        if extra:
+            raise UsageError(f"unrecognized arguments: {' '.join(extra)}; fix: see `python -m dsnot_lite {args.command} --help`")
         return args.func(args)
     except UsageError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except (ValueError, FileNotFoundError, FileExistsError, PermissionError, ImportError) as exc:
+        print(f"error: {exc}", file=sys.stderr)  # bad input found by the library, before any long work
         return EXIT_USAGE
 
 

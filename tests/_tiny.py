@@ -19,7 +19,7 @@ from transformers import (
     Qwen2Config,
 )
 
-from dsnot_lite.models import LoadedModel, find_blocks
+from dsnot_lite.lm.models import LoadedModel, find_blocks
 
 VOCAB = 320
 ARCHS = ("llama", "mistral", "qwen2", "opt")
@@ -54,7 +54,7 @@ def tiny_tokenizer() -> PreTrainedTokenizerFast:
     """A 320-token byte-level BPE tokenizer trained on local WikiText-2 validation text (no BOS added)."""
     from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 
-    from dsnot_lite.data import wikitext_rows
+    from dsnot_lite.lm.data import wikitext_rows
 
     rows = [r for r in wikitext_rows("validation") if r][:3000]
     tok = Tokenizer(models.BPE(unk_token="<unk>"))

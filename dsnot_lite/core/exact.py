@@ -59,7 +59,8 @@ class ExactResult:
     """The refined mask (True = pruned) and what happened to every row.
 
     ``initial_error`` / ``final_error`` are the rows' true squared errors ``E_r`` (float64, in the
-    units of the Gram matrix given).
+    units of the Gram matrix given); with ``trace=True``, ``trace[t]`` is every row's ``E_r``
+    after ``t`` iterations (``trace[0]`` the initial one), on the CPU.
     """
 
     mask: torch.Tensor
@@ -69,6 +70,7 @@ class ExactResult:
     final_error: torch.Tensor
     flips: int
     stop_counts: dict[str, int] = field(default_factory=dict)
+    trace: torch.Tensor | None = None
 
 
 @torch.no_grad()
@@ -80,6 +82,7 @@ def exact_refine(
     nm: NM | None = None,
     *,
     chunk_rows: int | None = None,
+    trace: bool = False,
 ) -> ExactResult:
     """Refine ``mask`` (True = pruned) of ``weight`` by exact-error 1-swaps; ``gram`` is ``X^T X``
     (any positive multiple, e.g. SparseGPT's Hessian, gives the same swaps)."""
@@ -100,13 +103,17 @@ def exact_refine(
     initial = torch.zeros(rows, dtype=torch.float64, device=device)
     chunk = chunk_rows or _rows_per_chunk(weight, cfg, nm)
     blocks = _diagonal_blocks(g, nm[1]) if nm else None
+    history = torch.zeros(cfg.T + 1, rows, dtype=torch.float64) if trace else None
     for start in range(0, rows, chunk):
         part = slice(start, min(start + chunk, rows))
-        initial[part], swaps[part], stop[part] = _refine_rows(w[part], g, pruned[part], cfg, nm, blocks)
+        initial[part], swaps[part], stop[part] = _refine_rows(
+            w[part], g, pruned[part], cfg, nm, blocks, None if history is None else history[:, part]
+        )
     final = squared_errors(w, pruned, g)
     result = ExactResult(
         mask=pruned, swaps=swaps, stop_reason=stop, initial_error=initial, final_error=final,
         flips=int((pruned != mask.to(device)).sum()),
+        trace=None if history is None else history[: int(swaps.max()) + 1 if rows else 1],
     )  # fmt: skip
     result.stop_counts = {name: int((stop == code).sum()) for code, name in enumerate(STOP_REASONS)}
     return result
@@ -118,39 +125,56 @@ def squared_errors(w: torch.Tensor, pruned: torch.Tensor, g: torch.Tensor) -> to
     return ((removed @ g) * removed).sum(1)
 
 
-def _refine_rows(w, g, pruned, cfg: ExactConfig, nm, blocks) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Greedy best 1-swaps for the rows of ``w`` (``pruned`` is updated in place)."""
+def _refine_rows(w, g, pruned, cfg: ExactConfig, nm, blocks, history) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Greedy best 1-swaps for the rows of ``w`` (``pruned`` is updated in place, and ``history``
+    (T + 1, rows) with each row's E_r after every iteration, when given).
+
+    The rows still running form a compact working set; a row that stops is only masked out until
+    a quarter of the set has stopped, then the set is compacted (fewer gathers than every step).
+    """
     rows = w.shape[0]
-    diag = g.diagonal()
-    removed = torch.where(pruned, w, torch.zeros((), dtype=w.dtype, device=w.device))
-    u = removed @ g
-    initial = (removed * u).sum(1)
-    tolerance = RELATIVE_TOLERANCE * initial.abs()
-    swaps = torch.zeros(rows, dtype=torch.long, device=w.device)
+    zero = torch.zeros((), dtype=w.dtype, device=w.device)
+    u = torch.where(pruned, w, zero) @ g
+    initial = (torch.where(pruned, w, zero) * u).sum(1)
+    error, swaps = initial.clone(), torch.zeros(rows, dtype=torch.long, device=w.device)
     stop = torch.full((rows,), RUNNING, dtype=torch.long, device=w.device)
-    active = torch.arange(rows, device=w.device)
-    for _ in range(cfg.T):
-        if active.numel() == 0:
+    if history is not None:
+        history[:] = initial.cpu()
+    idx = torch.arange(rows, device=w.device)  # working set: rows of this chunk
+    ws, us, ps = w, u, pruned.clone()
+    self_term = w * w * g.diagonal()  # W_rk^2 G_kk, fixed
+    tolerance = RELATIVE_TOLERANCE * initial.abs()
+    live = torch.ones(rows, dtype=torch.bool, device=w.device)
+    for step in range(cfg.T):
+        if not bool(live.any()):
             break
-        wa, ua, pa = w[active], u[active], pruned[active]
-        self_term = wa * wa * diag
-        grow_gain = torch.where(pa, self_term - 2 * wa * ua, torch.inf)
-        prune_cost = torch.where(pa, torch.inf, self_term + 2 * wa * ua)
+        twice_wu = 2 * ws * us
+        grow_gain = torch.where(ps, self_term - twice_wu, torch.inf)
+        prune_cost = torch.where(ps, torch.inf, self_term + twice_wu)
         if nm is None:
-            best, grow, prune = _best_pair(wa, grow_gain, prune_cost, g, cfg.shortlist)
+            best, grow, prune = _best_pair(ws, grow_gain, prune_cost, g, cfg.shortlist)
         else:
-            best, grow, prune = _best_pair_nm(wa, grow_gain, prune_cost, blocks, nm[1])
-        no_candidates = ~torch.isfinite(best)
-        improves = best < -tolerance[active]
-        stop[active[no_candidates]] = NO_CANDIDATES
-        stop[active[~no_candidates & ~improves]] = CONVERGED
-        active, grow, prune = active[improves], grow[improves], prune[improves]
-        w_grow, w_prune = w[active, grow], w[active, prune]
-        u.index_add_(0, active, g[prune] * w_prune.unsqueeze(1) - g[grow] * w_grow.unsqueeze(1))
-        pruned[active, grow] = False
-        pruned[active, prune] = True
-        swaps[active] += 1
-    stop[active] = T_REACHED
+            best, grow, prune = _best_pair_nm(ws, grow_gain, prune_cost, blocks, nm[1])
+        improves = live & (best < -tolerance)
+        ended = live & ~improves
+        stop[idx[ended & ~torch.isfinite(best)]] = NO_CANDIDATES
+        stop[idx[ended & torch.isfinite(best)]] = CONVERGED
+        step_w = improves.to(ws.dtype)
+        w_grow, w_prune = ws.gather(1, grow.unsqueeze(1)) * step_w.unsqueeze(1), ws.gather(1, prune.unsqueeze(1)) * step_w.unsqueeze(1)
+        us += g[prune] * w_prune - g[grow] * w_grow  # u += G[:, p] W_rp - G[:, g] W_rg (zero where no swap)
+        ps.scatter_(1, grow.unsqueeze(1), ps.gather(1, grow.unsqueeze(1)) & ~improves.unsqueeze(1))
+        ps.scatter_(1, prune.unsqueeze(1), ps.gather(1, prune.unsqueeze(1)) | improves.unsqueeze(1))
+        error[idx[improves]] += best[improves]
+        swaps[idx[improves]] += 1
+        live = improves
+        if history is not None:
+            history[step + 1 :] = error.cpu()
+        if int(live.sum()) < 0.75 * live.numel():  # compact the working set
+            pruned[idx] = ps
+            idx, ws, us, ps, self_term, tolerance = (t[live] for t in (idx, ws, us, ps, self_term, tolerance))
+            live = live[live]
+    pruned[idx] = ps
+    stop[idx[live]] = T_REACHED
     return initial, swaps, stop
 
 

@@ -43,6 +43,11 @@ class ChannelStats:
         )
 
     @property
+    def gram(self) -> torch.Tensor | None:
+        """``sum_t x_t x_t^T`` over every token seen (SparseGPT's ``H`` is ``2 / nsamples`` times it)."""
+        return None if self.hessian is None else self.hessian * (self.nsamples / 2)
+
+    @property
     def pooled_var(self) -> torch.Tensor:
         """Biased variance of every channel over all tokens seen."""
         return self._sq_dev / max(self.ntokens, 1)

@@ -1,9 +1,11 @@
-"""Capture the first decoder block's inputs, run blocks on them, and collect per-layer statistics.
+"""Capture what every decoder block receives, run blocks on it, and collect per-layer statistics.
 
-The inputs of block 0 are caught with a forward pre-hook that records the hidden states and
-every keyword argument the model passes to the block (attention mask, ``position_ids``,
-``position_embeddings`` in transformers 5 LLaMA, ...), then stops the forward. Those keyword
-arguments are the same for every block, so each later block is run with them.
+The hidden states entering block 0 are caught on the calibration windows, together with the
+keyword arguments the model passes to *each* block (attention mask, ``position_ids``,
+``position_embeddings``, ...). Those can differ from block to block: Gemma 3 alternates
+sliding-window and full-attention layers with different masks and rotary tables. During the
+capture every block is stood in for by a recorder that keeps its arguments and returns its input
+unchanged, so the model's own code builds each block's arguments and no block computes anything.
 """
 
 from __future__ import annotations
@@ -13,16 +15,16 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from dsnot_lite.stats import ChannelStats
+from dsnot_lite.core.stats import ChannelStats
 
 
 class _StopForward(Exception):
-    """Raised by the catcher once block 0's inputs are recorded."""
+    """Raised once the last block's arguments are recorded."""
 
 
 @dataclass
 class BlockInputs:
-    """Hidden states entering a block, one tensor per batch, with that batch's keyword arguments."""
+    """What one block sees: hidden states per batch, with that batch's keyword arguments."""
 
     hidden: list[torch.Tensor] = field(default_factory=list)
     kwargs: list[dict] = field(default_factory=list)
@@ -30,6 +32,47 @@ class BlockInputs:
     @property
     def nsamples(self) -> int:
         return sum(h.shape[0] for h in self.hidden)
+
+
+@dataclass
+class CapturedInputs:
+    """Hidden states entering the current block, and every block's keyword arguments per batch."""
+
+    hidden: list[torch.Tensor]
+    block_kwargs: list[list[dict]]  # [block][batch]
+
+    def for_block(self, index: int) -> BlockInputs:
+        return BlockInputs(self.hidden, self.block_kwargs[index])
+
+    def with_hidden(self, hidden: list[torch.Tensor]) -> CapturedInputs:
+        return CapturedInputs(hidden, self.block_kwargs)
+
+
+class _Recorder(nn.Module):
+    """Stands in for a block during capture: records its arguments, returns its input unchanged."""
+
+    def __init__(self, block: nn.Module, index: int, last: bool, sink: CapturedInputs, output: dict):
+        super().__init__()
+        self.block, self.index, self.last, self.sink, self.output = block, index, last, sink, output
+
+    def __getattr__(self, name: str):  # model code may read block attributes (e.g. attention_type)
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(self.block, name)
+
+    def forward(self, *args, **kwargs):
+        kwargs = dict(kwargs)
+        hidden = args[0] if args else kwargs.pop("hidden_states")
+        kept = {k: v for k, v in kwargs.items() if k not in ("past_key_value", "past_key_values", "cache", "use_cache")}
+        if self.index == 0:
+            self.sink.hidden.append(hidden)
+            if "tuple" not in self.output:  # once: does this model's block return a tuple or a tensor?
+                self.output["tuple"] = isinstance(self.block(hidden, **kept), (tuple, list))
+        self.sink.block_kwargs[self.index].append(kept)
+        if self.last:
+            raise _StopForward
+        return (hidden,) if self.output["tuple"] else hidden
 
 
 def move_outside_blocks(model: nn.Module, blocks: nn.ModuleList, device: str | torch.device) -> None:
@@ -55,19 +98,14 @@ def capture_block_inputs(
     input_ids: torch.Tensor,
     batch_size: int = 8,
     device: str | torch.device = "cpu",
-) -> BlockInputs:
-    """Run the model on ``input_ids`` (N, L) in batches and record what reaches ``blocks[0]``."""
-    captured = BlockInputs()
-
-    def catcher(_module, args, kwargs):
-        kwargs = dict(kwargs)
-        hidden = args[0] if args else kwargs.pop("hidden_states")
-        captured.hidden.append(hidden)
-        captured.kwargs.append({k: v for k, v in kwargs.items() if k not in ("past_key_value", "past_key_values")})
-        raise _StopForward
-
+) -> CapturedInputs:
+    """Run the model on ``input_ids`` (N, L) in batches; record block 0's hidden states and the
+    keyword arguments of every block."""
+    captured = CapturedInputs(hidden=[], block_kwargs=[[] for _ in blocks])
     move_outside_blocks(model, blocks, device)
-    handle = blocks[0].register_forward_pre_hook(catcher, with_kwargs=True)
+    originals, output = list(blocks), {}
+    for i, block in enumerate(originals):
+        blocks[i] = _Recorder(block, i, i == len(originals) - 1, captured, output)
     try:
         with torch.inference_mode():
             for start in range(0, input_ids.shape[0], batch_size):
@@ -76,7 +114,8 @@ def capture_block_inputs(
                 except _StopForward:
                     pass
     finally:
-        handle.remove()
+        for i, block in enumerate(originals):
+            blocks[i] = block
     return captured
 
 
@@ -99,10 +138,10 @@ def collect_stats(
     """Per-linear ``ChannelStats`` of the inputs each linear sees when ``block`` runs on ``inputs``.
 
     A forward hook on every linear feeds ``ChannelStats.add_batch(inp[0])`` (R1 statistics; the
-    SparseGPT Hessian too when ``hessian`` is set). All linears see the block's unpruned weights,
-    as in Wanda and DSnoT, which gather a block's statistics in one pass before pruning it.
-    Linears that receive the very same input tensor (q/k/v, gate/up) share one ``ChannelStats``,
-    which is exactly what separate accumulation would give, at a fraction of the cost.
+    Gram matrix too when ``hessian`` is set). All linears see the block's unpruned weights, as in
+    Wanda and DSnoT, which gather a block's statistics in one pass before pruning it. Linears that
+    receive the very same input tensor (q/k/v, gate/up) share one ``ChannelStats``, which is
+    exactly what separate accumulation would give, at a fraction of the cost.
     """
     owner: dict[str, str] = {}  # linear -> the linear whose statistics it shares
     # First batch only: input identity -> (first linear fed with it, the input). Holding the input

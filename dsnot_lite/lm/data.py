@@ -2,9 +2,11 @@
 
 Local JSONL files (``../shared/data``, see its README) are read with ``datasets``' JSON builder;
 the project never copies them. Search order for the data folder: the ``data_dir`` argument
-(``--data-dir``), ``$DSNOT_LITE_DATA``, ``../shared/data`` next to the project root, ``data/``
-in the project root. When none of the default places has the files, the Hugging Face hub
-datasets are used (``wikitext``/``wikitext-2-raw-v1`` and the first ``allenai/c4`` shard).
+(``--data-dir``), ``$DSNOT_LITE_DATA``, then ``shared/data`` beside the project root or beside
+the working directory or any folder above it (so a pip-installed package run from inside a
+checkout finds it too), then ``data/`` in the project root. When none of these has the files,
+the Hugging Face hub datasets are used (``wikitext``/``wikitext-2-raw-v1`` and the first
+``allenai/c4`` shard), which needs internet.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
+PROJECT_ROOT = Path(__file__).resolve().parents[2]  # the checkout (dsnot_lite/lm/data.py)
 WIKITEXT_FILES = {"test": "wikitext-2-raw-v1/test.jsonl", "validation": "wikitext-2-raw-v1/validation.jsonl"}
 C4_FILE = "c4/c4_sample.jsonl"
 C4_HUB_SHARD = "en/c4-train.00000-of-01024.json.gz"  # the shard Wanda/SparseGPT/DSnoT calibrate on
@@ -50,7 +52,9 @@ def resolve_data_dir(data_dir: str | os.PathLike | None = None) -> Path | None:
                 f"fix: point {origin} at a folder laid out like ../shared/data (see its README)"
             )
         return folder
-    for folder in (PROJECT_ROOT.parent / "shared" / "data", PROJECT_ROOT / "data"):
+    cwd = Path.cwd().resolve()
+    beside = [PROJECT_ROOT.parent] + [folder.parent for folder in (cwd, *cwd.parents)]
+    for folder in [b / "shared" / "data" for b in beside] + [PROJECT_ROOT / "data"]:
         if _has_data(folder):
             return folder
     return None
@@ -61,9 +65,20 @@ def _load_texts(data_dir: Path | None, local_file: str, hub_args: tuple, hub_kwa
 
     if data_dir is not None:
         ds = datasets.load_dataset("json", data_files=str(data_dir / local_file), split="train")
-    else:
+        return list(ds["text"])
+    if os.environ.get("HF_DATASETS_OFFLINE") == "1" or os.environ.get("HF_HUB_OFFLINE") == "1":
+        raise FileNotFoundError(_NO_DATA + " (and the hub is switched off by HF_*_OFFLINE)")
+    try:
         ds = datasets.load_dataset(*hub_args, **hub_kwargs)
+    except ConnectionError as exc:
+        raise FileNotFoundError(f"{_NO_DATA} and the Hugging Face hub is unreachable ({exc})") from None
     return list(ds["text"])
+
+
+_NO_DATA = (
+    "no local WikiText-2/C4 files were found (looked for shared/data beside the project and the working "
+    "directory); fix: pass --data-dir DIR or set $DSNOT_LITE_DATA to a folder laid out like ../shared/data"
+)
 
 
 def wikitext_rows(split: str = "test", data_dir: str | os.PathLike | None = None) -> list[str]:

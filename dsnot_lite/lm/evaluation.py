@@ -1,18 +1,22 @@
 """WikiText-2 perplexity with the Wanda/SparseGPT protocol (``eval_ppl_wikitext``).
 
-Join the test rows with ``"\\n\\n"``, tokenize once (tokenizer defaults, as the reference; the
-SmolLM2 tokenizer adds no BOS), cut non-overlapping ``seqlen`` windows, drop the remainder, and
-report ``exp(mean NLL)`` over all predicted tokens (``seqlen - 1`` per window).
+Join the rows of a split with ``"\\n\\n"``, tokenize once (tokenizer defaults, as the reference;
+the SmolLM2 tokenizer adds no BOS), cut non-overlapping ``seqlen`` windows, drop the remainder,
+and report ``exp(mean NLL)`` over all predicted tokens (``seqlen - 1`` per window). The mean NLL
+of every window is kept too, so two models evaluated on the same windows can be compared window
+by window (paired intervals, ``study.intervals``).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
+
+LOGITS_BUDGET_BYTES = 2**30  # fp32 logits held at once; large vocabularies get smaller batches
 
 
 @dataclass
@@ -24,11 +28,18 @@ class PerplexityResult:
     predicted_tokens: int
     seqlen: int
     max_windows: int | None
+    window_nll: list[float] = field(default_factory=list)  # mean NLL of each window, in order
+    batch_size: int = 1  # windows per forward actually used
 
 
 def tokenize_test_text(tokenizer, rows: list[str]) -> torch.Tensor:
     """Token ids (1-D long tensor) of ``"\\n\\n".join(rows)``, tokenized once."""
     return torch.tensor(tokenizer("\n\n".join(rows))["input_ids"], dtype=torch.long)
+
+
+def eval_batch_size(requested: int, seqlen: int, vocab_size: int) -> int:
+    """Windows per forward: ``requested``, lowered so the fp32 logits fit ``LOGITS_BUDGET_BYTES``."""
+    return max(1, min(requested, LOGITS_BUDGET_BYTES // max(1, seqlen * vocab_size * 4)))
 
 
 def perplexity(
@@ -52,25 +63,27 @@ def perplexity(
         raise ValueError(f"max_windows must be >= 1, got {max_windows}; fix: pass a positive number or omit it")
     nwin = total if max_windows is None else min(total, max_windows)
     windows = token_ids[: nwin * seqlen].view(nwin, seqlen)
+    vocab = getattr(getattr(model, "config", None), "vocab_size", None) or 1
+    batch = eval_batch_size(batch_size, seqlen, vocab)
     model.to(device)
-    nll_sum = 0.0
-    count = 0
+    sums: list[float] = []
     with torch.inference_mode():
-        for start in tqdm(range(0, nwin, batch_size), desc="eval windows", disable=not progress):
-            ids = windows[start : start + batch_size].to(device)
+        for start in tqdm(range(0, nwin, batch), desc="eval windows", disable=not progress):
+            ids = windows[start : start + batch].to(device)
             logits = model(input_ids=ids, use_cache=False).logits.float()
-            loss = F.cross_entropy(
-                logits[:, :-1].reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1), reduction="sum"
-            )
-            nll_sum += float(loss)
-            count += ids[:, 1:].numel()
-    mean_nll = nll_sum / count
+            loss = F.cross_entropy(logits[:, :-1].transpose(1, 2), ids[:, 1:], reduction="none")
+            sums += loss.double().sum(dim=1).tolist()
+            del logits, loss
+    per_window = seqlen - 1
+    mean_nll = math.fsum(sums) / (nwin * per_window)
     return PerplexityResult(
         ppl=math.exp(mean_nll),
         mean_nll=mean_nll,
         windows=nwin,
         total_windows=total,
-        predicted_tokens=count,
+        predicted_tokens=nwin * per_window,
         seqlen=seqlen,
         max_windows=max_windows,
+        window_nll=[s / per_window for s in sums],
+        batch_size=batch,
     )

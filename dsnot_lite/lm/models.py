@@ -176,11 +176,13 @@ def load_model(
     model: str,
     device: str | torch.device = "cpu",
     dtype: torch.dtype | None = None,
+    attn: str = "sdpa",
 ) -> LoadedModel:
     """Load a causal LM and its tokenizer on the CPU (blocks move to ``device`` one at a time).
 
     ``model`` is a bundled name (``smollm2-135m``), a local folder or a hub id. ``dtype`` defaults
-    to fp32 for CPU and fp16 for CUDA (R11).
+    to fp32 for CPU and fp16 for CUDA (R11). ``attn`` is the attention implementation: ``sdpa``
+    (default, fast) or ``eager`` (the reference pipelines' numerics).
     """
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
@@ -193,7 +195,7 @@ def load_model(
             f"fix: pass an existing model folder, check the hub id and network, or use one of {sorted(BUNDLED_MODELS)}"
         ) from exc
     _check_causal_config(config, repr(model))
-    lm = AutoModelForCausalLM.from_pretrained(source, dtype=dtype or default_dtype(device))
+    lm = AutoModelForCausalLM.from_pretrained(source, dtype=dtype or default_dtype(device), attn_implementation=attn)
     lm.eval()
     lm.config.use_cache = False
     tokenizer = AutoTokenizer.from_pretrained(source)

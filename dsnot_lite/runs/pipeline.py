@@ -2,23 +2,23 @@
 
 Block 0's inputs are captured once on the calibration windows. For every block in turn: forward
 hooks gather ``ChannelStats`` of each linear layer's inputs (one pass, unpruned block), each
-linear is pruned (and optionally refined by DSnoT), the pruned weights are written, and the block
-is run again so its *pruned* outputs become the next block's inputs. Only one block's activations
-are held at a time; with ``device="cuda"`` the model stays on the CPU and blocks travel one by one.
+linear is pruned (and refined, if asked), the pruned weights are written, and the block is run
+again so its *pruned* outputs become the next block's inputs. Only one block's activations are
+held at a time; with ``device="cuda"`` the model stays on the CPU and blocks travel one by one.
 
 What each method does on one layer (spec R7, R8):
 
-* ``magnitude`` without DSnoT: one threshold per layer (the reference baseline);
-  with DSnoT: per-row magnitude mask, then DSnoT.
-* ``wanda``: per-row Wanda mask, then DSnoT if asked.
-* ``sparsegpt`` without DSnoT: full OBS SparseGPT with weight update (``sparsegpt_prune``),
-  or, with ``weight_update=False``, only the saliency mask (the baseline DSnoT starts from);
-  with DSnoT: SparseGPT saliency mask with a really accumulated Hessian, no weight update,
-  then DSnoT (what the reference code does, with R8 repaired).
-* N:M: every method's mask keeps N zeros per M-block; DSnoT's swaps stay inside a block.
+* ``magnitude`` without a refiner: one threshold per layer (the reference baseline); with one:
+  a per-row magnitude mask, then the refiner.
+* ``wanda``: per-row Wanda mask, then the refiner if asked.
+* ``sparsegpt`` without a refiner: full OBS SparseGPT with weight update, or only its saliency
+  mask (``weight_update=False``); with a refiner: the saliency mask from a really accumulated
+  Hessian, no weight update (the reference, with R8 repaired), then the refiner.
+* N:M: every mask keeps N zeros per block of M; the refiners' swaps stay inside a block.
 
-DSnoT runs on a layer only where ``DSnoTConfig.applies_to`` says so (``official``: attention
-projections only, R6; ``paper``: every linear layer).
+Refiners: ``dsnot`` runs where its configuration ``applies_to`` the layer (``official``:
+attention projections only, R6); ``exact`` runs on every layer; ``dsnot+exact`` runs both in
+that order.
 """
 
 from __future__ import annotations
@@ -33,48 +33,14 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from dsnot_lite.calibration import BlockInputs, capture_block_inputs, collect_stats, move_outside_blocks, run_block
-from dsnot_lite.dsnot import DSnoTConfig, dsnot, preset, row_output_error
-from dsnot_lite.models import LoadedModel, find_linears
-from dsnot_lite.pruners import initial_mask, sparsegpt_prune
-from dsnot_lite.stats import ChannelStats
-
-METHODS = ("dense", "magnitude", "wanda", "sparsegpt")
-
-
-@dataclass(frozen=True)
-class PruneSpec:
-    """What to do to every linear layer of every block."""
-
-    method: str
-    sparsity: float = 0.0
-    nm: tuple[int, int] | None = None
-    dsnot: bool = False
-    preset: str = "official"
-    dsnot_config: DSnoTConfig | None = None  # overrides the preset when given
-    weight_update: bool = True  # SparseGPT without DSnoT: OBS weight update (True) or saliency mask only
-
-    def __post_init__(self) -> None:
-        if self.method not in METHODS:
-            raise ValueError(f"unknown method {self.method!r}; fix: use one of {METHODS}")
-        if self.method == "dense" and self.dsnot:
-            raise ValueError("DSnoT refines a pruned mask; fix: pick a pruning method other than dense")
-        if not 0.0 <= self.sparsity < 1.0:
-            raise ValueError(f"sparsity must be in [0, 1), got {self.sparsity}; fix: e.g. 0.6 for 60% zeros")
-        if not self.weight_update and (self.method != "sparsegpt" or self.dsnot):
-            raise ValueError(
-                "weight_update=False only applies to SparseGPT without DSnoT (DSnoT never updates weights); "
-                "fix: drop it or use --method sparsegpt without --dsnot"
-            )
-        if self.nm is not None and not (0 < self.nm[0] < self.nm[1]):
-            raise ValueError(f"N:M needs 0 < N < M, got {self.nm[0]}:{self.nm[1]}; fix: e.g. 2:4")
-
-    @property
-    def target_sparsity(self) -> float:
-        return self.nm[0] / self.nm[1] if self.nm else self.sparsity
-
-    def config(self) -> DSnoTConfig:
-        return self.dsnot_config or preset(self.preset)
+from dsnot_lite.core.dsnot import dsnot
+from dsnot_lite.core.errors import error_parts
+from dsnot_lite.core.exact import exact_refine
+from dsnot_lite.core.pruners import initial_mask, sparsegpt_prune
+from dsnot_lite.core.stats import ChannelStats
+from dsnot_lite.lm.calibration import capture_block_inputs, collect_stats, move_outside_blocks, run_block
+from dsnot_lite.lm.models import LoadedModel, find_linears
+from dsnot_lite.runs.spec import RunSpec
 
 
 @dataclass
@@ -84,16 +50,19 @@ class LayerRecord:
     name: str
     shape: tuple[int, int]
     sparsity: float  # fraction of zero weights after pruning
-    dsnot_applied: bool = False
-    swaps: int = 0
-    flips: int = 0
-    stop_reasons: dict[str, int] = field(default_factory=dict)
-    # ||dW X||_F / ||W X||_F on the calibration inputs (from the layer's Hessian); None when the
-    # Hessian was not accumulated (no DSnoT and not SparseGPT, unless record_errors=True).
-    rel_output_error_before: float | None = None  # initial pruner (before DSnoT)
-    rel_output_error_after: float | None = None  # final weights
-    seconds: float = 0.0  # initial pruner and error metrics
-    dsnot_seconds: float = 0.0
+    refined_by: list[str] = field(default_factory=list)  # refiners that ran on this layer, in order
+    swaps: int = 0  # swaps made by all refiners
+    flips: int = 0  # mask entries that differ from the initial mask
+    stop_reasons: dict[str, dict[str, int]] = field(default_factory=dict)  # refiner -> reason -> rows
+    # With record_errors: ||dW X||_F / ||W X||_F on the calibration tokens, and the share of the
+    # squared error that is its mean part (core.errors.error_parts), for the initial pruner and
+    # the final weights.
+    error_initial: float | None = None
+    error_final: float | None = None
+    mean_share_initial: float | None = None
+    mean_share_final: float | None = None
+    seconds: float = 0.0  # initial pruner (and error records)
+    refine_seconds: float = 0.0
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -114,90 +83,94 @@ class PhaseTimer:
             self.seconds[name] += time.perf_counter() - start
 
 
-def _output_norm(weight: torch.Tensor, hessian: torch.Tensor) -> torch.Tensor:
-    """``||weight X||_F`` with ``X^T X`` proportional to ``hessian`` (from the per-row errors)."""
-    return row_output_error(weight, torch.ones_like(weight, dtype=torch.bool), hessian).square().sum().sqrt()
-
-
-def prune_layer(layer: nn.Linear, name: str, stats: ChannelStats, spec: PruneSpec) -> LayerRecord:
-    """Prune one linear layer in place and return its record."""
+def prune_layer(layer: nn.Linear, name: str, stats: ChannelStats, spec: RunSpec) -> LayerRecord:
+    """Prune (and refine) one linear layer in place and return its record."""
     start = time.perf_counter()
     weight = layer.weight.data
-    w = weight.float()
-    nm = spec.nm
-    cfg = spec.config()
-    use_dsnot = spec.dsnot and cfg.applies_to(name)
-    sparsity = spec.target_sparsity
+    record = LayerRecord(name=name, shape=tuple(weight.shape), sparsity=0.0)
     new_w = None
-    if spec.method == "sparsegpt" and not spec.dsnot and spec.weight_update:
-        new_w, mask = sparsegpt_prune(weight, stats.hessian, sparsity, nm)
+    if spec.full_sparsegpt:
+        new_w, mask = sparsegpt_prune(weight, stats.hessian, spec.sparsity, spec.nm)
     else:
-        scope = "layer" if spec.method == "magnitude" and not spec.dsnot and nm is None else "row"
-        mask = initial_mask(weight, stats, spec.method, sparsity, nm, scope=scope)
-    record = LayerRecord(name=name, shape=tuple(weight.shape), sparsity=0.0, dsnot_applied=use_dsnot)
-    hessian = stats.hessian
-    if hessian is not None:  # relative output error ||dW X||_F / ||W X||_F
-        dense_norm = float(_output_norm(w, hessian)) or 1.0
-        before = w - new_w.float() if new_w is not None else torch.where(mask, w, torch.zeros_like(w))
-        record.rel_output_error_before = float(_output_norm(before, hessian)) / dense_norm
-    if use_dsnot:
-        dsnot_start = time.perf_counter()
-        res = dsnot(weight, stats, mask, cfg, nm, initial_method=spec.method)
-        record.dsnot_seconds = time.perf_counter() - dsnot_start
-        mask = res.mask
-        record.swaps = int(res.swaps.sum())
-        record.flips = res.flips
-        record.stop_reasons = dict(res.stop_counts)
+        scope = "layer" if spec.method == "magnitude" and not spec.refiners and spec.nm is None else "row"
+        mask = initial_mask(weight, stats, spec.method, spec.sparsity, spec.nm, scope=scope)
+    if spec.record_errors:
+        initial = error_parts(_removed(weight, new_w, mask), weight, stats.gram, stats.mean, stats.ntokens)
+        record.error_initial, record.mean_share_initial = initial.relative, initial.mean_share
+    refine_start = time.perf_counter()
+    mask = _refine(weight, stats, mask, name, spec, record)
+    record.refine_seconds = time.perf_counter() - refine_start
     if new_w is None:
         new_w = weight.masked_fill(mask, 0)
-    if hessian is not None:
-        record.rel_output_error_after = float(_output_norm(w - new_w.float(), hessian)) / dense_norm
+    if spec.record_errors:
+        final = error_parts(weight.float() - new_w.float(), weight, stats.gram, stats.mean, stats.ntokens)
+        record.error_final, record.mean_share_final = final.relative, final.mean_share
     layer.weight.data.copy_(new_w)
     record.sparsity = float((layer.weight.data == 0).float().mean())
-    record.seconds = time.perf_counter() - start - record.dsnot_seconds
+    record.seconds = time.perf_counter() - start - record.refine_seconds
     return record
+
+
+def _removed(weight: torch.Tensor, new_w: torch.Tensor | None, mask: torch.Tensor) -> torch.Tensor:
+    """The weight change of the initial pruner: the pruned weights, or W - W' after an OBS update."""
+    if new_w is not None:
+        return weight.float() - new_w.float()
+    return torch.where(mask, weight.float(), torch.zeros((), device=weight.device))
+
+
+def _refine(weight: torch.Tensor, stats: ChannelStats, mask: torch.Tensor, name: str, spec: RunSpec, record: LayerRecord):
+    """Run the spec's refiners on one layer's mask, in order; returns the final mask."""
+    start_mask = mask
+    for refiner in spec.refiners:
+        if refiner == "dsnot":
+            cfg = spec.dsnot_config
+            if not cfg.applies_to(name):
+                continue
+            result = dsnot(weight, stats, mask, cfg, spec.nm, initial_method=spec.method)
+        else:
+            result = exact_refine(weight, stats.gram, mask, spec.exact_config, spec.nm)
+        mask = result.mask
+        record.refined_by.append(refiner)
+        record.swaps += int(result.swaps.sum())
+        record.stop_reasons[refiner] = dict(result.stop_counts)
+    record.flips = int((mask != start_mask).sum())
+    return mask
 
 
 def prune_model(
     loaded: LoadedModel,
     calibration_ids: torch.Tensor,
-    spec: PruneSpec,
-    device: str | torch.device = "cpu",
-    batch_size: int = 8,
-    record_errors: bool | None = None,
+    spec: RunSpec,
     timer: PhaseTimer | None = None,
     progress: bool = True,
 ) -> list[LayerRecord]:
-    """Prune every decoder block of ``loaded`` in order; returns one record per linear layer.
-
-    ``calibration_ids`` is (nsamples, seqlen). ``record_errors`` accumulates each layer's
-    Hessian so reconstruction errors before/after DSnoT can be reported; by default only when
-    DSnoT runs (SparseGPT needs the Hessian regardless, so its errors come for free). The
-    Hessian roughly doubles the cost of the statistics pass.
-    """
+    """Prune the decoder blocks of ``loaded`` in order (the first ``spec.blocks`` only, when set);
+    returns one record per linear layer. ``calibration_ids`` is (nsamples, seqlen)."""
     timer = timer or PhaseTimer()
     if spec.method == "dense":
         return []
-    model, blocks = loaded.model, loaded.blocks
-    storage = next(blocks.parameters()).device
-    hessian = (spec.dsnot if record_errors is None else record_errors) or spec.method == "sparsegpt"
+    model, all_blocks = loaded.model, loaded.blocks
+    blocks = all_blocks if spec.blocks is None else all_blocks[: spec.blocks]
+    storage = next(all_blocks.parameters()).device
+    device = torch.device(spec.device)
     with timer.phase("capture"):
-        inputs: BlockInputs = capture_block_inputs(model, blocks, calibration_ids, batch_size, device)
-        move_outside_blocks(model, blocks, storage)
+        inputs = capture_block_inputs(model, all_blocks, calibration_ids, spec.batch_size, device)
+        move_outside_blocks(model, all_blocks, storage)
     records: list[LayerRecord] = []
     for index, block in enumerate(tqdm(blocks, desc="pruning blocks", disable=not progress)):
         block.to(device)
         linears = find_linears(block)
         with timer.phase("statistics"):
-            stats = collect_stats(block, linears, inputs, hessian=hessian)
+            stats = collect_stats(block, linears, inputs.for_block(index), hessian=spec.needs_gram)
         with torch.no_grad():
             for name, layer in linears.items():
                 record = prune_layer(layer, f"{loaded.blocks_path}.{index}.{name}", stats[name], spec)
                 timer.seconds["prune"] += record.seconds
-                timer.seconds["dsnot"] += record.dsnot_seconds
+                timer.seconds["refine"] += record.refine_seconds
                 records.append(record)
         del stats
-        with timer.phase("block_forward"):
-            inputs = run_block(block, inputs)
+        if index + 1 < len(blocks):
+            with timer.phase("block_forward"):
+                inputs = inputs.with_hidden(run_block(block, inputs.for_block(index)).hidden)
         block.to(storage)
     return records

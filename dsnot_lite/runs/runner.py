@@ -1,169 +1,100 @@
-"""One end-to-end run: load a model, prune it block by block, measure WikiText-2 perplexity.
+"""The one runner: a ``RunSpec`` in, a result dict (``schema``) out.
 
-``run_experiment`` is what ``python -m dsnot_lite run`` calls; notebooks can call it directly.
-It returns the result dict (the JSON the command writes) and never writes files itself except
-the optional pruned model folder (``save_model``, atomic).
+``run(spec)`` loads the model, draws the calibration windows, prunes block by block, scores the
+result on WikiText-2 (and zero-shot tasks when asked) and returns the record that the command
+line writes as JSON. A ``ModelSession`` keeps one model loaded for many runs (the model lab and
+the study use it): the dense block weights are restored before every run, and calibration
+windows and evaluation tokens are drawn once per setting.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import platform
-import resource
 import time
-from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
 
-from dsnot_lite import data as data_mod
-from dsnot_lite.dsnot import preset_overrides
-from dsnot_lite.evaluation import perplexity, tokenize_test_text
-from dsnot_lite.models import default_dtype, load_model, save_model
-from dsnot_lite.pipeline import PhaseTimer, PruneSpec, prune_model
-
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-
-
-@dataclass
-class RunConfig:
-    """Everything one run needs; the defaults suit a 2-core CPU."""
-
-    model: str = "smollm2-135m"
-    spec: PruneSpec = dataclasses.field(default_factory=lambda: PruneSpec("dense"))
-    nsamples: int = 32
-    seqlen: int = 512  # calibration windows and evaluation windows
-    seed: int = 0
-    max_windows: int | None = None
-    data_dir: str | None = None
-    device: str = "cpu"
-    dtype: str | None = None  # None: fp32 on CPU, fp16 on CUDA (R11)
-    batch_size: int = 8
-    eval_batch_size: int = 4  # windows per evaluation forward: 2.6x faster than 1 (bench/results/profile_pipeline.md)
-    save_model: str | None = None
-    progress: bool = True
+from dsnot_lite.lm import data
+from dsnot_lite.lm.evaluation import perplexity, tokenize_test_text
+from dsnot_lite.lm.models import LoadedModel, default_dtype, load_model
+from dsnot_lite.runs import schema
+from dsnot_lite.runs.pipeline import PhaseTimer, prune_model
+from dsnot_lite.runs.spec import RunSpec
 
 
-def peak_memory_mb() -> float:
-    """Peak resident memory of this process so far (Linux ``ru_maxrss`` is in KiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+class ModelSession:
+    """One model loaded once (per model, device, dtype and attention), reset to dense before each run."""
+
+    def __init__(self) -> None:
+        self._key: tuple | None = None
+        self.loaded: LoadedModel | None = None
+        self._dense: dict[str, torch.Tensor] = {}
+        self._calibration: dict[tuple, torch.Tensor] = {}
+        self._tokens: dict[tuple, torch.Tensor] = {}
+
+    def model_for(self, spec: RunSpec, timer: PhaseTimer) -> LoadedModel:
+        """The spec's model with dense weights (loaded on first use, restored afterwards)."""
+        key = (spec.model, spec.device, spec.dtype, spec.attn)
+        if key != self._key:
+            self.loaded, self._dense, self._calibration, self._tokens = None, {}, {}, {}
+            with timer.phase("load_model"):
+                dtype = getattr(torch, spec.dtype) if spec.dtype else default_dtype(spec.device)
+                self.loaded = load_model(spec.model, device=spec.device, dtype=dtype, attn=spec.attn)
+            self._dense = {k: v.detach().clone() for k, v in self.loaded.blocks.state_dict().items()}
+            self._key = key
+        else:
+            self.loaded.blocks.load_state_dict(self._dense)
+        return self.loaded
+
+    def calibration(self, spec: RunSpec, data_dir: Path | None) -> torch.Tensor:
+        key = (spec.nsamples, spec.seqlen, spec.seed)
+        if key not in self._calibration:
+            docs = data.c4_documents(data_dir)
+            self._calibration[key] = data.calibration_windows(self.loaded.tokenizer, docs, *key, progress=False)
+        return self._calibration[key]
+
+    def eval_tokens(self, split: str, data_dir: Path | None) -> torch.Tensor:
+        if (split,) not in self._tokens:
+            self._tokens[(split,)] = tokenize_test_text(self.loaded.tokenizer, data.wikitext_rows(split, data_dir))
+        return self._tokens[(split,)]
 
 
-def run_experiment(cfg: RunConfig) -> dict:
-    """Run one configuration end to end and return its result dict."""
+def run(spec: RunSpec, *, session: ModelSession | None = None, progress: bool = True, after_eval=None) -> dict:
+    """Run ``spec`` end to end and return its result dict (``schema.result_record``).
+
+    ``after_eval(loaded)`` is called with the pruned model still in memory (the command line saves
+    it there); ``session`` reuses a loaded model across runs.
+    """
+    session = session or ModelSession()
     timer = PhaseTimer()
     start = time.perf_counter()
-    spec = cfg.spec
-    device = torch.device(cfg.device)
-    dtype = DTYPES[cfg.dtype] if cfg.dtype else default_dtype(device)
+    device = torch.device(spec.device)
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = False  # R11: TF32 off
         torch.backends.cudnn.allow_tf32 = False
         torch.cuda.reset_peak_memory_stats(device)
-    data_dir = data_mod.resolve_data_dir(cfg.data_dir)
-
-    with timer.phase("load_model"):
-        loaded = load_model(cfg.model, device=device, dtype=dtype)
-    calib_windows = 0
+    data_dir = data.resolve_data_dir(spec.data_dir)
+    loaded = session.model_for(spec, timer)
     records = []
     if spec.method != "dense":
         with timer.phase("calibration_data"):
-            docs = data_mod.c4_documents(data_dir)
-            calib = data_mod.calibration_windows(
-                loaded.tokenizer, docs, cfg.nsamples, cfg.seqlen, cfg.seed, progress=cfg.progress
-            )
-            calib_windows = int(calib.shape[0])
-        records = prune_model(
-            loaded, calib, spec, device=device, batch_size=cfg.batch_size, timer=timer, progress=cfg.progress
-        )
+            calib = session.calibration(spec, data_dir)
+        records = prune_model(loaded, calib, spec, timer=timer, progress=progress)
     with timer.phase("eval_data"):
-        test_ids = tokenize_test_text(loaded.tokenizer, data_mod.wikitext_rows("test", data_dir))
+        tokens = session.eval_tokens(spec.eval_split, data_dir)
     with timer.phase("eval"):
-        ppl = perplexity(
-            loaded.model, test_ids, cfg.seqlen, cfg.max_windows, cfg.eval_batch_size, device, progress=cfg.progress
-        )
-    saved = None
-    if cfg.save_model:
-        with timer.phase("save_model"):
-            loaded.model.to("cpu")
-            saved = str(save_model(loaded, cfg.save_model))
+        ppl = perplexity(loaded.model, tokens, spec.seqlen, spec.max_windows, spec.eval_batch_size, device, progress)
+    zero_shot = None
+    if spec.tasks:
+        from dsnot_lite.lm.zeroshot import zero_shot as evaluate_tasks
+
+        with timer.phase("zero_shot"):
+            zero_shot = evaluate_tasks(loaded, spec.tasks, spec.tasks_limit, data_dir, device)
+    if after_eval is not None:
+        after_eval(loaded)
+    total_blocks = len(loaded.blocks)
     timer.seconds["total"] = time.perf_counter() - start
-
-    result = {
-        "model": cfg.model,
-        "model_source": loaded.source,
-        **outcome_fields(spec, ppl, records),
-        "weight_update": spec.method == "sparsegpt" and not spec.dsnot and spec.weight_update,
-        "seqlen": cfg.seqlen,
-        "max_windows": cfg.max_windows,
-        "predicted_tokens": ppl.predicted_tokens,
-        "nsamples": calib_windows or None,
-        "calib_seqlen": cfg.seqlen if calib_windows else None,
-        "seed": cfg.seed,
-        "data_dir": str(data_dir) if data_dir else "huggingface-hub",
-        "device": str(device),
-        "dtype": str(dtype).replace("torch.", ""),
-        "batch_size": cfg.batch_size,
-        "eval_batch_size": cfg.eval_batch_size,
-        "seconds": dict(timer.seconds),
-        "peak_memory_mb": peak_memory_mb(),
-        "cuda_peak_memory_mb": torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None,
-        "saved_model": saved,
-        "versions": {"torch": torch.__version__, "transformers": _version("transformers"), "python": platform.python_version()},
-        "threads": torch.get_num_threads(),
-        "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-    }
-    return result
-
-
-def outcome_fields(spec: PruneSpec, ppl, records: list) -> dict:
-    """What every run record holds about the pruning and its score (also used by ``explore.ModelLab``)."""
-    zeros = sum(r.sparsity * r.shape[0] * r.shape[1] for r in records)
-    numel = sum(r.shape[0] * r.shape[1] for r in records)
-    return {
-        "method": spec.method,
-        "dsnot": spec.dsnot,
-        "preset": spec.preset if spec.dsnot else None,
-        "dsnot_config": dataclasses.asdict(spec.config()) if spec.dsnot else None,
-        "sparsity": spec.target_sparsity,
-        "nm": f"{spec.nm[0]}:{spec.nm[1]}" if spec.nm else None,
-        "achieved_sparsity": zeros / numel if numel else 0.0,
-        "ppl": ppl.ppl,
-        "mean_nll": ppl.mean_nll,
-        "windows": ppl.windows,
-        "total_windows": ppl.total_windows,
-        "full_eval": ppl.windows == ppl.total_windows,
-        "total_swaps": sum(r.swaps for r in records),
-        "total_flips": sum(r.flips for r in records),
-        "layers": [r.to_dict() for r in records],
-    }
-
-
-def _version(package: str) -> str:
-    import importlib.metadata
-
-    return importlib.metadata.version(package)
-
-
-def _knob_label(name: str, value) -> str:
-    """``max_cycle_time=200`` -> ``T200`` (part of a default output file name)."""
-    short = {"max_cycle_time": "T", "update_threshold": "eps", "pow_of_var_regrowing": "pow", "sign_check": "sign-"}
-    shown = ("on" if value else "off") if isinstance(value, bool) else f"{value:g}" if isinstance(value, float) else value
-    return f"{short[name]}{shown}" if name in short else f"{name.replace('_', '-')}-{shown}"
-
-
-def default_output(cfg: RunConfig) -> Path:
-    """``results/<model>-<method>[-dsnot-<preset>]-<sparsity or N_M>.json`` (used when no --output)."""
-    spec = cfg.spec
-    name = Path(cfg.model).name
-    parts = [name, spec.method]
-    if spec.dsnot:
-        parts.append(f"dsnot-{spec.preset}")
-        if spec.dsnot_config is not None:  # knobs that differ from the preset name the file too
-            parts += [_knob_label(k, v) for k, v in preset_overrides(spec.dsnot_config, spec.preset).items()]
-    if not spec.weight_update:
-        parts.append("mask-only")
-    if spec.method != "dense":
-        parts.append(f"{spec.nm[0]}_{spec.nm[1]}" if spec.nm else f"s{round(spec.sparsity * 100)}")
-    return Path("results") / ("-".join(parts) + ".json")
+    return schema.result_record(
+        spec, loaded, ppl, records, dict(timer.seconds), data_dir=data_dir, calib_windows=spec.nsamples if records else 0,
+        total_blocks=total_blocks, zero_shot=zero_shot,
+    )  # fmt: skip

@@ -1,5 +1,5 @@
 """ipywidgets 8 front-ends for the notebooks. Callbacks are thin: they read the controls, call a
-cached ``dsnot_lite.explore`` function and draw with ``dsnot_lite.figures``.
+cached ``study.layer_lab`` / ``study.model_lab`` function and draw with ``study.layer_plots``.
 
 The plot is shown in an ``ipywidgets.Image`` holding PNG bytes (rendered by JupyterLab without
 any extra front-end code, and inspectable from Python), next to an ``HTML`` summary line. Each
@@ -17,9 +17,11 @@ import html
 
 import ipywidgets as W
 
-from dsnot_lite import explore, figures
-from dsnot_lite.dsnot import GROW_CRITERIA, PRUNE_CRITERIA
-from dsnot_lite.explore import LayerParams
+from dsnot_lite.core.dsnot import GROW_CRITERIA, PRESETS, PRUNE_CRITERIA
+from dsnot_lite.study import layer_lab, layer_plots, model_lab
+from dsnot_lite.study.layer_lab import LAYER_METHODS, LAYER_REFINERS, LayerParams
+from dsnot_lite.study.layers import Layer
+from dsnot_lite.study.style import figure_png
 
 # Dropdown values are strings: ipywidgets 8 shows an option whose value is None as "no selection".
 SIGN_CHECK_OPTIONS = {"preset default": None, "on": True, "off": False}
@@ -41,15 +43,15 @@ def _dropdown(description, options, value):
 
 
 class LayerExplorer:
-    """Controls for ``explore.run_layer`` on one layer and a live ``figures.layer_dashboard``.
+    """Controls for ``layer_lab.run_layer`` on one layer and a live ``layer_plots.layer_dashboard``.
 
-    Controls (``self.controls``): sparsity, T, epsilon, grow criterion, prune criterion, sign
-    check, preset, initial method, N:M and the row to follow. Every change re-runs (cached) and
-    redraws; ``self.result`` is the latest ``LayerRun``, ``self.figure`` the latest figure and
+    Controls (``self.controls``): refiner, sparsity, T, epsilon, grow criterion, prune criterion,
+    sign check, preset, initial method, N:M and the row to follow. Every change re-runs (cached)
+    and redraws; ``self.result`` is the latest ``LayerRun``, ``self.figure`` the latest figure and
     ``self.image.value`` its PNG bytes. ``self.widget`` is the box to display.
     """
 
-    def __init__(self, layer: explore.Layer, params: LayerParams | None = None, row: int | None = None):
+    def __init__(self, layer: Layer, params: LayerParams | None = None, row: int | None = None):
         p = params or LayerParams()
         self.layer = layer
         rows_out = layer.weight.shape[0]
@@ -60,29 +62,30 @@ class LayerExplorer:
             "grow": _dropdown("grow criterion", list(GROW_CRITERIA), p.grow),
             "prune": _dropdown("prune criterion", list(PRUNE_CRITERIA), p.prune),
             "sign_check": _dropdown("sign check", list(SIGN_CHECK_OPTIONS), _key(SIGN_CHECK_OPTIONS, p.sign_check)),
-            "preset": _dropdown("preset", ["official", "paper"], p.preset),
-            "method": _dropdown("initial mask", list(explore.LAYER_METHODS), p.method),
+            "preset": _dropdown("preset", list(PRESETS), p.preset),
+            "method": _dropdown("initial mask", list(LAYER_METHODS), p.method),
+            "refiner": _dropdown("refiner", list(LAYER_REFINERS), p.refiner),
             "nm": _dropdown("N:M", list(NM_OPTIONS), _key(NM_OPTIONS, tuple(p.nm) if p.nm else None)),
             "row": _slider(W.IntSlider, "row to follow", value=0, min=0, max=rows_out - 1, step=1),
         }
         self.status = W.HTML(layout=W.Layout(width="100%"))
         self.image = W.Image(format="png", layout=W.Layout(width="100%", max_width="1100px"))
-        self.result: explore.LayerRun | None = None
+        self.result: layer_lab.LayerRun | None = None
         self.figure = None
         self.updates = 0
         self._holding = False
         c = self.controls
         left = W.VBox([c["sparsity"], c["T"], c["eps"], c["row"]])
         middle = W.VBox([c["grow"], c["prune"], c["sign_check"]])
-        right = W.VBox([c["preset"], c["method"], c["nm"]])
-        title = W.HTML(f"<b>DSnoT on {html.escape(layer.description or layer.name)}</b>")
+        right = W.VBox([c["refiner"], c["preset"], c["method"], c["nm"]])
+        title = W.HTML(f"<b>Mask refinement on {html.escape(layer.description or layer.name)}</b>")
         self.widget = W.VBox([title, W.HBox([left, middle, right]), self.status, self.image])
         self.widget.add_class("dsnot-layer-explorer")
         for control in self.controls.values():
             control.observe(self._on_change, names="value")
         first = self._run()
         self._holding = True  # choose the starting row without drawing twice
-        c["row"].value = row if row is not None else explore.rows_by_initial_error(first, 1)[0]
+        c["row"].value = row if row is not None else layer_lab.rows_by_initial_error(first, 1)[0]
         self._holding = False
         self.update()
 
@@ -99,11 +102,12 @@ class LayerExplorer:
             sign_check=SIGN_CHECK_OPTIONS[c["sign_check"].value],
             preset=c["preset"].value,
             method=c["method"].value,
+            refiner=c["refiner"].value,
             nm=nm,
         )
 
-    def _run(self) -> explore.LayerRun:
-        return explore.run_layer(self.layer, self.params())
+    def _run(self) -> layer_lab.LayerRun:
+        return layer_lab.run_layer(self.layer, self.params())
 
     def _on_change(self, _change=None) -> None:
         if not self._holding:
@@ -117,8 +121,8 @@ class LayerExplorer:
             self.status.value = f"<span style='color:#D55E00'>cannot run this setting: {html.escape(str(exc))}</span>"
             return
         row = int(self.controls["row"].value)
-        self.figure = figures.layer_dashboard(run, row=row)
-        self.image.value = figures.figure_png(self.figure, dpi=80)
+        self.figure = layer_plots.layer_dashboard(run, row=row)
+        self.image.value = figure_png(self.figure, dpi=80)
         self.result = run
         self.updates += 1
         s = run.summary
@@ -127,8 +131,8 @@ class LayerExplorer:
             f"relative output error {s['rel_output_error_before']:.4f} → <b>{s['rel_output_error_after']:.4f}</b>"
             + (f" (held out {s['heldout_rel_error_before']:.4f} → {s['heldout_rel_error_after']:.4f})" if s["heldout_rel_error_after"] is not None else "")
             + f" · {s['flips']} flips in {s['rows_changed']} rows · sparsity {s['sparsity_after']:.4f}"
-            f" · row {row}: E[Δ] {float(run.result.initial_error[row]):.3g} → {float(run.result.final_error[row]):.3g}"
-            f" after {int(run.result.swaps[row])} swaps"
+            f" · row {row}: E[Δ] {float(run.expected_error_before[row]):.3g} → {float(run.expected_error_after[row]):.3g},"
+            f" output error {float(run.output_error_before[row]):.3g} → {float(run.output_error_after[row]):.3g}"
         )
 
     def set(self, **values) -> None:
@@ -151,7 +155,7 @@ class SweepExplorer:
     """Pick what to vary (a sweep, or the grow x prune criterion grid) and what to plot.
 
     ``sweeps`` maps an axis name to ``(function() -> DataFrame, x column, plot options)``;
-    the functions are the cached ``explore`` helpers, so revisiting an axis is instant.
+    the functions are the cached lab helpers, so revisiting an axis is instant.
     ``metrics`` maps a DataFrame column to its axis label.
     """
 
@@ -181,13 +185,13 @@ class SweepExplorer:
         label = self.metrics[metric]
         if axis == "grow x prune criteria":
             self.frame = self.grid(metric)
-            self.figure = figures.criterion_heatmap(self.frame, title=f"{label}: grow x prune criteria", label=label)
+            self.figure = layer_plots.criterion_heatmap(self.frame, title=f"{label}: grow x prune criteria", label=label)
         else:
             fn, x, opts = self.sweeps[axis]
             self.frame = fn()
-            self.figure = figures.sweep_plot(self.frame, x, {metric: label}, title=f"{label} vs {axis}", **opts)
+            self.figure = layer_plots.sweep_plot(self.frame, x, {metric: label}, title=f"{label} vs {axis}", **opts)
             self.figure.axes[0].set_ylabel(label)
-        self.image.value = figures.figure_png(self.figure, dpi=80)
+        self.image.value = figure_png(self.figure, dpi=80)
         self.table.value = self.frame.to_html(float_format=lambda v: f"{v:.4g}", max_cols=12, border=0)
         self.updates += 1
 
@@ -197,42 +201,49 @@ class SweepExplorer:
         display(self.widget)
 
 
-def layer_sweeps(layer: explore.Layer, params: LayerParams | None = None, fast: bool = False) -> SweepExplorer:
-    """A ``SweepExplorer`` over T, epsilon, sparsity, power of the variance and N:M on one layer."""
+def layer_sweeps(layer: Layer, params: LayerParams | None = None, fast: bool = False) -> SweepExplorer:
+    """A ``SweepExplorer`` over T, epsilon, sparsity, power and floor of the variance, N:M and the
+    refiner on one layer."""
     base = params or LayerParams()
     values = {
         "T": [0, 1, 2, 5, 10, 20, 50] + ([] if fast else [100]),
         "eps": [0.01, 0.1, 1.0, 10.0] if fast else [0.001, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0],
         "sparsity": [0.5, 0.6, 0.7, 0.8],
-        "pow_of_var": [0.0, 0.5, 1.0, 2.0],
+        "var_power": [0.0, 0.5, 1.0, 2.0],
+        "var_floor": [0.0, 0.01, 0.1, 1.0],
         "nm": [None, (2, 4), (4, 8)],
+        "refiner": list(LAYER_REFINERS),
     }
     xlabels = {"T": "T (max swaps per row)", "eps": "ε (stop threshold)", "sparsity": "sparsity (fraction pruned)",
-               "pow_of_var": "power of Var(A) in Eq. 2", "nm": "sparsity pattern"}  # fmt: skip
+               "var_power": "power of Var(A) in Eq. 2", "var_floor": "Var floor in Eq. 2 (x median Var)",
+               "nm": "sparsity pattern", "refiner": "refiner"}  # fmt: skip
     sweeps = {
-        name: ((lambda n=name, v=vals: explore.sweep(layer, n, v, base)), name, {"logx": name == "eps", "xlabel": xlabels[name]})
+        name: ((lambda n=name, v=vals: layer_lab.sweep(layer, n, v, base)), name,
+               {"logx": name in ("eps", "var_floor"), "xlabel": xlabels[name]})
         for name, vals in values.items()
-    }
+    }  # fmt: skip
     metrics = {
-        "rel_output_error_after": "relative output error after DSnoT (calibration)",
-        "heldout_rel_error_after": "relative output error after DSnoT (held out)",
-        "mean_abs_error_after": "mean |E[Δ_r]| after DSnoT",
+        "rel_output_error_after": "relative output error after refinement (calibration)",
+        "heldout_rel_error_after": "relative output error after refinement (held out)",
+        "mean_abs_error_after": "mean |E[Δ_r]| after refinement",
         "flips": "mask entries flipped (count)",
     }
     if layer.heldout_gram is None:
         metrics.pop("heldout_rel_error_after")
     return SweepExplorer(
         sweeps, metrics, title=f"Ablations on {layer.description or layer.name}",
-        grid=lambda metric: explore.criterion_grid(layer, metric, params=base),
+        grid=lambda metric: layer_lab.criterion_grid(layer, metric, params=base),
     )  # fmt: skip
 
 
-def lab_sweeps(lab: explore.ModelLab, sparsities=(0.5, 0.6, 0.7), presets=("official", "paper")) -> SweepExplorer:
+def lab_sweeps(lab: model_lab.ModelLab, sparsities=(0.5, 0.6, 0.7), refiner: str = "dsnot") -> SweepExplorer:
     """A ``SweepExplorer`` over whole-model runs (perplexity), served from the lab's cache."""
     sweeps = {
-        "sparsity": ((lambda: explore.lab_sweep(lab, "sparsity", sparsities)), "sparsity",
+        "sparsity": ((lambda: model_lab.lab_sweep(lab, "sparsity", sparsities, refiner=refiner)), "sparsity",
                      {"xlabel": "sparsity (fraction pruned)"}),
-        "preset": ((lambda: explore.lab_sweep(lab, "preset", presets)), "preset", {"xlabel": "DSnoT preset"}),
     }  # fmt: skip
-    metrics = {"ppl_dsnot": "perplexity, Wanda + DSnoT", "ppl_initial": "perplexity, Wanda", "delta_ppl": "DSnoT - Wanda (perplexity)"}
+    if refiner == "dsnot":
+        sweeps["preset"] = ((lambda: model_lab.lab_sweep(lab, "preset", list(PRESETS))), "preset", {"xlabel": "DSnoT preset"})
+    metrics = {"ppl_refined": f"perplexity, Wanda + {refiner}", "ppl_initial": "perplexity, Wanda",
+               "delta_ppl": f"{refiner} - Wanda (perplexity)"}  # fmt: skip
     return SweepExplorer(sweeps, metrics, title=f"Whole model: {lab.label}")
