@@ -27,11 +27,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from dsnot_lite import data  # noqa: E402
-from dsnot_lite.calibration import capture_block_inputs, collect_stats, run_block  # noqa: E402
-from dsnot_lite.dsnot import dsnot, preset  # noqa: E402
-from dsnot_lite.models import find_linears, load_model  # noqa: E402
-from dsnot_lite.pruners import initial_mask  # noqa: E402
-from dsnot_lite.results import atomic_write_text  # noqa: E402
+from dsnot_lite.lm.calibration import capture_block_inputs, collect_stats, run_block  # noqa: E402
+from dsnot_lite.core.dsnot import dsnot, preset  # noqa: E402
+from dsnot_lite.lm.models import find_linears, load_model  # noqa: E402
+from dsnot_lite.core.pruners import initial_mask  # noqa: E402
+from dsnot_lite.runs.io import atomic_write_text  # noqa: E402
 
 
 def parts(weight: torch.Tensor, mask: torch.Tensor, stats) -> tuple[float, float, float]:

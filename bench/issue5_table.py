@@ -23,7 +23,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from dsnot_lite.results import atomic_write_text  # noqa: E402
+from dsnot_lite.runs.io import atomic_write_text  # noqa: E402
 
 METHODS = ("magnitude", "wanda", "sparsegpt")
 SPARSITIES = ("0.6", "0.5", "0.7", "2:4")  # 60% first: the most important column finishes first

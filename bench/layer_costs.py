@@ -53,11 +53,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))  # the oracle lives with the tests
 
-from dsnot_lite.dsnot import dsnot, preset  # noqa: E402
+from dsnot_lite.core.dsnot import dsnot, preset  # noqa: E402
 from dsnot_lite.figures import save_figure  # noqa: E402
-from dsnot_lite.pruners import initial_mask, sparsegpt_inverse_hessian_diag, sparsegpt_prune  # noqa: E402
-from dsnot_lite.results import atomic_write_text  # noqa: E402
-from dsnot_lite.stats import ChannelStats  # noqa: E402
+from dsnot_lite.core.pruners import initial_mask, sparsegpt_inverse_hessian_diag, sparsegpt_prune  # noqa: E402
+from dsnot_lite.runs.io import atomic_write_text  # noqa: E402
+from dsnot_lite.core.stats import ChannelStats  # noqa: E402
 
 SHAPES = {
     "7b": [(4096, 4096), (11008, 4096), (4096, 11008)],
@@ -290,7 +290,7 @@ def sweeps(args, cfg) -> list[dict]:
     wanda = lambda: initial_mask(weight, stats, "wanda", args.sparsity)  # noqa: E731
 
     log(f"sweep T on {rows}x{cols}")
-    cfgs = {t: dataclasses.replace(cfg, max_cycle_time=t) for t in args.sweep_t}
+    cfgs = {t: dataclasses.replace(cfg, T=t) for t in args.sweep_t}
     points = {"wanda": wanda, **{t: (lambda c=c: dsnot(weight, stats, mask, c)) for t, c in cfgs.items()}}
     times = round_robin(points, args)
     for t, c in cfgs.items():
@@ -298,11 +298,11 @@ def sweeps(args, cfg) -> list[dict]:
                " (T=0: candidate lists only)" if t == 0 else "")  # fmt: skip
 
     log(f"sweep active rows on {rows}x{cols} (epsilon = quantiles of |E[Delta_r]|)")
-    e0 = dsnot(weight, stats, mask, dataclasses.replace(cfg, max_cycle_time=0)).initial_error.abs()
+    e0 = dsnot(weight, stats, mask, dataclasses.replace(cfg, T=0)).initial_error.abs()
     cfgs = {}
     for frac in args.sweep_active:
         eps = 0.0 if frac >= 1 else float(torch.quantile(e0, 1 - frac))
-        cfgs[int((e0 > eps).sum())] = dataclasses.replace(cfg, update_threshold=eps)
+        cfgs[int((e0 > eps).sum())] = dataclasses.replace(cfg, eps=eps)
     points = {"wanda": wanda, **{k: (lambda c=c: dsnot(weight, stats, mask, c)) for k, c in cfgs.items()}}
     times = round_robin(points, args)
     for active0, c in cfgs.items():
@@ -310,7 +310,7 @@ def sweeps(args, cfg) -> list[dict]:
         iters = res.trace.swapped.shape[0]
         mean_active = float(res.trace.swapped.float().sum(1).mean()) if iters else 0.0
         record("active_rows", active0, times[active0], times["wanda"], res, rows, cols,
-               f"; epsilon {c.update_threshold:.4g}; iterations {iters}; mean swapping rows per iteration {mean_active:.0f}")  # fmt: skip
+               f"; epsilon {c.eps:.4g}; iterations {iters}; mean swapping rows per iteration {mean_active:.0f}")  # fmt: skip
     del weight, stats, mask
     gc.collect()
 
@@ -524,7 +524,7 @@ def main(argv=None) -> None:
     torch.set_grad_enabled(False)
     if args.threads:
         torch.set_num_threads(args.threads)
-    cfg = dataclasses.replace(preset("official"), max_cycle_time=args.T)
+    cfg = dataclasses.replace(preset("official"), T=args.T)
     meta = {
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "torch": torch.__version__, "python": platform.python_version(), "threads": torch.get_num_threads(),

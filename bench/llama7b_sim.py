@@ -47,12 +47,12 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from memtrack import PeakRSS, rss_mb  # noqa: E402
 
-from dsnot_lite.calibration import capture_block_inputs, collect_stats, run_block  # noqa: E402
-from dsnot_lite.dsnot import dsnot, preset  # noqa: E402
-from dsnot_lite.models import find_linears  # noqa: E402
-from dsnot_lite.pipeline import PruneSpec, prune_layer  # noqa: E402
-from dsnot_lite.pruners import initial_mask  # noqa: E402
-from dsnot_lite.results import atomic_write_text  # noqa: E402
+from dsnot_lite.lm.calibration import capture_block_inputs, collect_stats, run_block  # noqa: E402
+from dsnot_lite.core.dsnot import dsnot, preset  # noqa: E402
+from dsnot_lite.lm.models import find_linears  # noqa: E402
+from dsnot_lite.runs.pipeline import PruneSpec, prune_layer  # noqa: E402
+from dsnot_lite.core.pruners import initial_mask  # noqa: E402
+from dsnot_lite.runs.io import atomic_write_text  # noqa: E402
 
 GIB = 2**30
 LLAMA = {  # hidden, intermediate, heads, layers, vocab

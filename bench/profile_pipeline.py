@@ -49,13 +49,13 @@ sys.path.insert(0, str(ROOT / "bench"))
 from memtrack import PeakRSS, rss_mb  # noqa: E402
 
 from dsnot_lite import data as data_mod  # noqa: E402
-from dsnot_lite.calibration import capture_block_inputs, collect_stats, run_block  # noqa: E402
-from dsnot_lite.dsnot import row_output_error  # noqa: E402
-from dsnot_lite.evaluation import perplexity, tokenize_test_text  # noqa: E402
-from dsnot_lite.models import convert_bundled, find_linears, load_model  # noqa: E402
-from dsnot_lite.pipeline import PruneSpec, prune_layer  # noqa: E402
-from dsnot_lite.pruners import initial_mask  # noqa: E402
-from dsnot_lite.results import atomic_write_text  # noqa: E402
+from dsnot_lite.lm.calibration import capture_block_inputs, collect_stats, run_block  # noqa: E402
+from dsnot_lite.core.dsnot import row_output_error  # noqa: E402
+from dsnot_lite.lm.evaluation import perplexity, tokenize_test_text  # noqa: E402
+from dsnot_lite.lm.models import convert_bundled, find_linears, load_model  # noqa: E402
+from dsnot_lite.runs.pipeline import PruneSpec, prune_layer  # noqa: E402
+from dsnot_lite.core.pruners import initial_mask  # noqa: E402
+from dsnot_lite.runs.io import atomic_write_text  # noqa: E402
 
 
 def log(msg: str) -> None:

@@ -52,28 +52,28 @@ def statistics_for_case(calibration_inputs: torch.Tensor) -> dict[str, torch.Ten
     return {key: stats.as_dict()[key] for key in STAT_KEYS}
 
 
-def masks_for_case(tensors: dict[str, torch.Tensor], params: dict) -> tuple[torch.Tensor, torch.Tensor]:
-    """(initial pruned mask, final pruned mask), bool, True = pruned, as the reference code returns.
-
-    Uses ``weight``, the statistics (and ``hessian`` for ``initial_method=sparsegpt``) and
-    ``params``; the ``official`` preset's values, which are the reference's defaults (R5, R10), apply where
-    ``params`` is silent.
-    """
+def dsnot_inputs(tensors: dict[str, torch.Tensor], params: dict):
+    """What the reference's DSnoT routine works on, rebuilt from a case's weight, statistics (and
+    ``hessian`` for ``initial_method=sparsegpt``) and ``params``: ``(weight, stats, initial mask,
+    DSnoT's start mask, config, nm, initial method)``. The ``official`` preset's values, which are
+    the reference's defaults (R5, R10), apply where ``params`` is silent."""
     stats = ChannelStats.from_tensors({k: v for k, v in tensors.items() if k in (*STAT_KEYS, "hessian")})
     weight = tensors["weight"]
     method = params["initial_method"]
     n, m = int(params.get("prune_n", 0)), int(params.get("prune_m", 0))
     nm = (n, m) if n else None
-    sparsity = float(params["sparsity_ratio"])
     config = replace(
         preset("official"),
         **{ours: kind(params[theirs]) for theirs, (ours, kind) in REFERENCE_NAMES.items() if theirs in params},
         sign_check=not params.get("without_same_sign", True),
     )
-    start = initial_mask(weight, stats, method, sparsity, nm)
-    if nm is not None:  # the reference's DSnoT N:M branch re-derives its start with a block sort
-        dsnot_start = mask_from_score(initial_score(weight, stats, method), sparsity, nm, nm_ties="sort")
-    else:
-        dsnot_start = start
-    final = dsnot(weight, stats, dsnot_start, config, nm, initial_method=method).mask
-    return start, final
+    start = initial_mask(weight, stats, method, float(params["sparsity_ratio"]), nm)
+    # the reference's N:M DSnoT branch re-derives its start with a block sort (ties differ from topk)
+    dsnot_start = mask_from_score(initial_score(weight, stats, method), 0.0, nm, nm_ties="sort") if nm else start
+    return weight, stats, start, dsnot_start, config, nm, method
+
+
+def masks_for_case(tensors: dict[str, torch.Tensor], params: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """(initial pruned mask, final pruned mask), bool, True = pruned, as the reference code returns."""
+    weight, stats, start, dsnot_start, config, nm, method = dsnot_inputs(tensors, params)
+    return start, dsnot(weight, stats, dsnot_start, config, nm, initial_method=method).mask

@@ -123,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import nbformat
 
-    from dsnot_lite.results import atomic_write_text
+    from dsnot_lite.runs.io import atomic_write_text
 
     failed = 0
     total = 0.0

@@ -49,9 +49,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from dsnot_lite.dsnot import MAX_CYCLES, NO_CANDIDATES, RUNNING, SIGN_FLIP, THRESHOLD, DSnoTConfig
-from dsnot_lite.pruners import initial_score
-from dsnot_lite.stats import ChannelStats
+from dsnot_lite.core.dsnot import T_REACHED, NO_CANDIDATES, RUNNING, SIGN_FLIP, THRESHOLD, DSnoTConfig
+from dsnot_lite.core.pruners import initial_score
+from dsnot_lite.core.stats import ChannelStats
 
 INF = float("inf")
 
@@ -139,7 +139,7 @@ def dsnot_oracle(
     mean = stats.expected_input(cfg.statistics).float().cpu()
     var = stats.variance(cfg.statistics).float().cpu()
     scaler = stats.scaler_row.float().cpu()
-    var_pow = torch.pow(var, cfg.pow_of_var_regrowing) if cfg.pow_of_var_regrowing else None
+    var_pow = torch.pow(var, cfg.var_power) if cfg.var_power else None
     start = mask.detach().cpu().bool()
 
     contribution = w * mean.reshape(1, -1)  # W_rk E[A_k], elementwise
@@ -148,9 +148,9 @@ def dsnot_oracle(
     if nm is not None and cfg.nm_prune == "initial":
         nm_initial = initial_score(w, stats, initial_method).float().cpu()
 
-    threshold = np.float32(cfg.update_threshold)
+    threshold = np.float32(cfg.eps)
     sign_check = cfg.sign_check or (nm is not None and quirks)
-    T = cfg.max_cycle_time
+    T = cfg.T
 
     # ---- per-row set-up: lists, pointers, state -------------------------------------------
     state = []
@@ -228,7 +228,7 @@ def dsnot_oracle(
             _step(s, cfg, nm, strict, threshold, sign_check, cycle - 1)
     for s in state:
         if s["active"]:
-            s["stop"] = MAX_CYCLES
+            s["stop"] = T_REACHED
 
     return OracleResult(
         mask=torch.tensor([s["mask"] for s in state], dtype=torch.bool).reshape(rows, ncols).to(weight.device),
@@ -333,3 +333,34 @@ def _step(s: dict, cfg: DSnoTConfig, nm, strict: bool, threshold: np.float32, si
         s["swaps"] += 1
         s["log"].append((t, g_col, p_col))
     s["active"] = update
+
+
+def exact_oracle(weight, gram, mask, T: int, nm=None, tolerance: float = 1e-9):
+    """Brute-force exact refiner, one row at a time: every allowed swap is tried by recomputing the
+    row's true error ``dW G dW^T`` from scratch (float64); the best one is applied while it lowers
+    the error by more than ``tolerance`` x the row's initial error. Returns (mask, swaps per row)."""
+    w, g, out = weight.double(), gram.double(), mask.clone()
+    swaps = torch.zeros(w.shape[0], dtype=torch.long)
+
+    def error(row, pruned):
+        d = torch.where(pruned, w[row], torch.zeros((), dtype=torch.float64))
+        return float(d @ g @ d)
+
+    for r in range(w.shape[0]):
+        start = current = error(r, out[r])
+        for _ in range(T):
+            best = None
+            for grow in out[r].nonzero().flatten().tolist():
+                for prune in (~out[r]).nonzero().flatten().tolist():
+                    if nm is not None and grow // nm[1] != prune // nm[1]:
+                        continue
+                    trial = out[r].clone()
+                    trial[grow], trial[prune] = False, True
+                    e = error(r, trial)
+                    if best is None or e < best[0]:
+                        best = (e, grow, prune)
+            if best is None or not best[0] - current < -tolerance * abs(start):
+                break
+            current, out[r, best[1]], out[r, best[2]] = best[0], False, True
+            swaps[r] += 1
+    return out, swaps

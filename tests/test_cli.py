@@ -14,7 +14,7 @@ from _tiny import tiny_model, tiny_tokenizer
 
 from dsnot_lite.cli import main, parse_nm
 
-ROOT = Path(__file__).resolve().parents[1]
+from _paths import ROOT
 
 
 @pytest.fixture(scope="module")
@@ -70,13 +70,13 @@ def test_bad_input_is_one_line_exit_2_and_no_files(argv, message, tmp_path, caps
 
 def test_dsnot_knobs_override_the_preset_and_name_the_output():
     from dsnot_lite.cli import _run_config, build_parser
-    from dsnot_lite.dsnot import preset
+    from dsnot_lite.core.dsnot import preset
     from dsnot_lite.experiment import default_output
 
     argv = ["run", "--method", "wanda", "--sparsity", "0.6", "--dsnot", "--preset", "paper",
             "--T", "200", "--eps", "0.01", "--grow", "wanda", "--sign-check", "off", "--pow-of-var", "2"]  # fmt: skip
     cfg = _run_config(build_parser().parse_args(argv))
-    want = dict(max_cycle_time=200, update_threshold=0.01, grow="wanda", sign_check=False, pow_of_var_regrowing=2.0)
+    want = dict(T=200, eps=0.01, grow="wanda", sign_check=False, var_power=2.0)
     got = cfg.spec.config()
     assert {k: getattr(got, k) for k in want} == want
     assert (got.prune, got.statistics, got.layers) == (preset("paper").prune, "true", "all")  # the rest: the preset's
@@ -120,8 +120,8 @@ def test_tiny_run_writes_json_table_and_model(tiny_folder, tmp_path, capsys):
     # The saved folder loads, carries the pruned weights, and gives the same perplexity.
     from transformers import AutoModelForCausalLM
 
-    from dsnot_lite.data import wikitext_rows
-    from dsnot_lite.evaluation import perplexity, tokenize_test_text
+    from dsnot_lite.lm.data import wikitext_rows
+    from dsnot_lite.lm.evaluation import perplexity, tokenize_test_text
 
     saved = AutoModelForCausalLM.from_pretrained(tmp_path / "saved").eval()
     q = saved.model.layers[0].self_attn.q_proj.weight

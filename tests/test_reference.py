@@ -9,7 +9,7 @@ import torch
 
 from dsnot_lite.reference import STAT_KEYS, load_case, masks_for_case, statistics_for_case
 
-REFERENCE_DIR = Path(__file__).resolve().parents[1] / ".." / "shared" / "reference" / "official-dsnot"
+from _paths import REFERENCE_DIR
 CASES = sorted(REFERENCE_DIR.glob("*.safetensors"))
 
 

@@ -8,12 +8,12 @@ import pytest
 import torch
 from _tiny import ARCHS, VOCAB, tiny_loaded
 
-from dsnot_lite.calibration import capture_block_inputs, collect_stats
-from dsnot_lite.dsnot import STOP_REASONS, preset
-from dsnot_lite.models import find_linears
-from dsnot_lite.pipeline import PruneSpec, prune_model
-from dsnot_lite.pruners import initial_mask
-from dsnot_lite.stats import ChannelStats
+from dsnot_lite.lm.calibration import capture_block_inputs, collect_stats
+from dsnot_lite.core.dsnot import STOP_REASONS, preset
+from dsnot_lite.lm.models import find_linears
+from dsnot_lite.runs.pipeline import PruneSpec, prune_model
+from dsnot_lite.core.pruners import initial_mask
+from dsnot_lite.core.stats import ChannelStats
 
 NSAMPLES, SEQLEN = 6, 32
 
@@ -34,7 +34,7 @@ SPECS = {
     "wanda+dsnot official": PruneSpec("wanda", 0.5, dsnot=True, preset="official"),
     # The paper preset's true token means are tiny in a random model: epsilon 0 makes DSnoT act.
     "wanda+dsnot paper": PruneSpec("wanda", 0.6, dsnot=True, preset="paper",
-                                   dsnot_config=dataclasses.replace(preset("paper"), update_threshold=0.0)),
+                                   dsnot_config=dataclasses.replace(preset("paper"), eps=0.0)),
     "sparsegpt": PruneSpec("sparsegpt", 0.5),
     "sparsegpt+dsnot": PruneSpec("sparsegpt", 0.6, dsnot=True),
     "sparsegpt mask only": PruneSpec("sparsegpt", 0.6, weight_update=False),
@@ -42,7 +42,7 @@ SPECS = {
     "magnitude+dsnot": PruneSpec("magnitude", 0.5, dsnot=True),
     "wanda 2:4+dsnot official": PruneSpec("wanda", nm=(2, 4), dsnot=True),
     "magnitude 2:4+dsnot paper": PruneSpec("magnitude", nm=(2, 4), dsnot=True, preset="paper",
-                                           dsnot_config=dataclasses.replace(preset("paper"), update_threshold=0.0)),
+                                           dsnot_config=dataclasses.replace(preset("paper"), eps=0.0)),
     "sparsegpt 2:4": PruneSpec("sparsegpt", nm=(2, 4)),
 }
 
@@ -123,7 +123,7 @@ def test_official_preset_leaves_mlp_masks_as_the_initial_method(arch):
 
 def test_paper_preset_refines_mlp_layers_too():
     loaded = tiny_loaded("llama")
-    cfg = dataclasses.replace(preset("paper"), update_threshold=0.0)  # tiny random model: force swaps
+    cfg = dataclasses.replace(preset("paper"), eps=0.0)  # tiny random model: force swaps
     records = prune_model(loaded, calibration(), PruneSpec("wanda", 0.5, dsnot=True, preset="paper", dsnot_config=cfg),
                           progress=False)  # fmt: skip
     mlp = [r for r in records if ".mlp." in r.name]
@@ -163,7 +163,7 @@ def test_captured_kwargs_reproduce_the_model_forward():
         expected = loaded.model.model(input_ids=ids, output_hidden_states=True).hidden_states
     hidden = torch.cat(inputs.hidden)
     torch.testing.assert_close(hidden, expected[0])
-    from dsnot_lite.calibration import run_block
+    from dsnot_lite.lm.calibration import run_block
 
     out = run_block(loaded.blocks[0], inputs)
     torch.testing.assert_close(torch.cat(out.hidden), expected[1])

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from dsnot_lite.pruners import initial_mask, sparsegpt_prune, sparsegpt_score, wanda_score
-from dsnot_lite.stats import ChannelStats
+from dsnot_lite.core.pruners import initial_mask, sparsegpt_prune, sparsegpt_score, wanda_score
+from dsnot_lite.core.stats import ChannelStats
 
 
 def _layer(rows: int = 24, cols: int = 32, seed: int = 0) -> tuple[torch.Tensor, ChannelStats, torch.Tensor]:

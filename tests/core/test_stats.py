@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from dsnot_lite.stats import ChannelStats
+from dsnot_lite.core.stats import ChannelStats
 
 
 def _inputs(samples: int = 6, tokens: int = 32, channels: int = 16, seed: int = 0) -> torch.Tensor:

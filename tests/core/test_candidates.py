@@ -7,7 +7,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dsnot_lite import candidates
+from dsnot_lite.core import candidates
 
 
 def _values(rows: int, cols: int, seed: int, ties: bool) -> torch.Tensor:

@@ -8,7 +8,7 @@ from _tiny import ARCHS, tiny_model, tiny_tokenizer
 from torch import nn
 from transformers import GPT2Config, GPT2LMHeadModel, T5Config, T5ForConditionalGeneration
 
-from dsnot_lite.models import find_blocks, find_bundled_gguf, find_linears, load_model, save_model
+from dsnot_lite.lm.models import find_blocks, find_bundled_gguf, find_linears, load_model, save_model
 
 EXPECTED_BLOCKS = {"llama": "model.layers", "mistral": "model.layers", "qwen2": "model.layers", "opt": "model.decoder.layers"}
 EXPECTED_LINEARS = {

@@ -21,35 +21,22 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from oracle import dsnot_oracle
 
-from dsnot_lite.dsnot import GROW_CRITERIA, NM_PRUNE_CRITERIA, NO_CANDIDATES, PRUNE_CRITERIA, SIGN_FLIP, dsnot, preset
-from dsnot_lite.pruners import initial_mask, initial_score, mask_from_score
-from dsnot_lite.reference import STAT_KEYS, load_case
-from dsnot_lite.stats import ChannelStats
+from dsnot_lite.core.dsnot import GROW_CRITERIA, NM_PRUNE_CRITERIA, NO_CANDIDATES, PRUNE_CRITERIA, SIGN_FLIP, dsnot, preset
+from dsnot_lite.core.pruners import initial_mask, initial_score, mask_from_score
+from dsnot_lite.core.stats import ChannelStats
+from dsnot_lite.reference import dsnot_inputs, load_case
 
-REFERENCE_DIR = Path(__file__).resolve().parents[2] / "shared" / "reference" / "official-dsnot"
+from _paths import REFERENCE_DIR
 CASES = sorted(REFERENCE_DIR.glob("*.safetensors"))
 
 
 def _reference_run(path: Path):
-    """Weight, statistics, DSnoT start mask, config, nm and method of one reference file."""
+    """Weight, statistics, DSnoT start mask, config, nm and method of one reference file (through
+    the conformance API, ``reference.dsnot_inputs``), and the reference's final mask."""
     tensors, params = load_case(path)
-    stats = ChannelStats.from_tensors({k: v for k, v in tensors.items() if k in (*STAT_KEYS, "hessian")})
-    weight = tensors["weight"]
-    method = params["initial_method"]
-    n, m = int(params.get("prune_n", 0)), int(params.get("prune_m", 0))
-    nm = (n, m) if n else None
-    cfg = dataclasses.replace(
-        preset("official"),
-        max_cycle_time=int(params.get("max_cycle_time", 50)),
-        update_threshold=float(params.get("update_threshold", 0.1)),
-        pow_of_var_regrowing=float(params.get("pow_of_var_regrowing", 1)),
-        sign_check=not params.get("without_same_sign", True),
-    )
-    start = initial_mask(weight, stats, method, float(params["sparsity_ratio"]), nm)
+    weight, stats, start, dsnot_start, cfg, nm, method = dsnot_inputs(tensors, params)
     assert torch.equal(start, tensors["initial_pruned_mask"].bool()), "initial mask differs from the reference's"
-    if nm is not None:  # the reference's N:M DSnoT branch re-derives its start mask with a block sort
-        start = mask_from_score(initial_score(weight, stats, method), 0.0, nm, nm_ties="sort")
-    return weight, stats, start, cfg, nm, method, tensors["expected_pruned_mask"].bool()
+    return weight, stats, dsnot_start, cfg, nm, method, tensors["expected_pruned_mask"].bool()
 
 
 def _assert_same(oracle, fast, context=""):
@@ -144,9 +131,9 @@ def layers(draw, nm_mode: bool):
         grow=draw(st.sampled_from(GROW_CRITERIA)),
         prune=draw(st.sampled_from(PRUNE_CRITERIA)),
         nm_prune=draw(st.sampled_from(NM_PRUNE_CRITERIA)),
-        max_cycle_time=draw(st.integers(0, cols + 4)),  # up to beyond every list
-        update_threshold=draw(st.sampled_from([0.0, 0.01, 0.1, 1.0])),
-        pow_of_var_regrowing=draw(st.sampled_from([0.0, 0.5, 1.0, 2.0])),
+        T=draw(st.integers(0, cols + 4)),  # up to beyond every list
+        eps=draw(st.sampled_from([0.0, 0.01, 0.1, 1.0])),
+        var_power=draw(st.sampled_from([0.0, 0.5, 1.0, 2.0])),
         sign_check=draw(st.booleans()),
         statistics=draw(st.sampled_from(["official", "true"])),
     )
@@ -199,7 +186,7 @@ def test_oracle_fp16_weight_matches():
     mean = torch.randn(32, generator=g) * 5
     stats = ChannelStats.from_tensors({"sum_metric_row": mean, "scaler_row": mean.square() + 1, "var": torch.rand(32, generator=g) + 0.1})
     mask = initial_mask(weight, stats, "wanda", 0.5)
-    cfg = dataclasses.replace(preset("official"), update_threshold=0.0)
+    cfg = dataclasses.replace(preset("official"), eps=0.0)
     _assert_same(dsnot_oracle(weight, stats, mask, cfg), dsnot(weight, stats, mask, cfg), "fp16")
 
 
@@ -218,7 +205,7 @@ def test_oracle_equals_dsnot_medium_layers(name, grow, prune):
     var = torch.rand(cols, generator=g) + 0.1
     var[torch.rand(cols, generator=g) < 0.05] = 0
     stats = ChannelStats.from_tensors({"sum_metric_row": mean * 64, "scaler_row": mean.square() * 64 + var * 64, "var": var, "mean": mean})
-    cfg = dataclasses.replace(preset(name), grow=grow, prune=prune, update_threshold=0.01)
+    cfg = dataclasses.replace(preset(name), grow=grow, prune=prune, eps=0.01)
     for sparsity in (0.5, 0.9):
         mask = initial_mask(weight, stats, "wanda", sparsity)
         _assert_same(dsnot_oracle(weight, stats, mask, cfg), dsnot(weight, stats, mask, cfg), f"{name} {grow}/{prune} {sparsity}")

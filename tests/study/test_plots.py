@@ -10,9 +10,9 @@ import pytest
 
 from dsnot_lite import explore, figures
 from dsnot_lite.cli import main
-from dsnot_lite.results import append_table, write_json
+from dsnot_lite.runs.io import append_table, write_json
 
-SPEC = Path(__file__).resolve().parents[2] / "shared" / "spec" / "dsnot.md"
+from _paths import SPEC
 
 
 @pytest.fixture(scope="module")
@@ -195,7 +195,7 @@ def test_runs_with_other_dsnot_settings_stay_out_of_the_paper_tables(tmp_path):
     fake_run(tmp_path, "wanda", True, 0.6, 17.0)
     fake_run(tmp_path, "wanda", True, 0.6, 99.0, knobs={"max_cycle_time": 200})
     frame = figures.load_table(tmp_path / "results.csv")
-    assert len(frame) == 3 and set(frame["knobs"]) == {"", "max_cycle_time=200"}
+    assert len(frame) == 3 and set(frame["knobs"]) == {"", "T=200"}
     assert "| 18.00 | 17.00 |" in figures.main_table(frame) and "99.00" not in figures.main_table(frame)
     assert "99.00" not in figures.preset_table(frame)
 

@@ -10,9 +10,9 @@ import torch
 from _tinydir import tiny_model_dir
 
 from dsnot_lite import explore
-from dsnot_lite.dsnot import dsnot, row_output_error
+from dsnot_lite.core.dsnot import dsnot, row_output_error
 from dsnot_lite.explore import LabConfig, LayerParams, ModelLab
-from dsnot_lite.pruners import initial_mask
+from dsnot_lite.core.pruners import initial_mask
 
 
 @pytest.fixture(scope="module")
@@ -195,7 +195,7 @@ def test_model_lab_runs_caches_and_resumes(tiny_dir, tmp_path):
 
 
 def test_cache_key_ignores_speed_only_settings_but_not_result_settings():
-    from dsnot_lite.pipeline import PruneSpec
+    from dsnot_lite.runs.pipeline import PruneSpec
 
     spec = PruneSpec("wanda", 0.6, None, True, "official", None)
     base = LabConfig(nsamples=32, seqlen=512, max_windows=40)

@@ -13,9 +13,9 @@ import pytest
 import torch
 
 from dsnot_lite.cli import main
-from dsnot_lite.data import wikitext_rows
-from dsnot_lite.evaluation import perplexity, tokenize_test_text
-from dsnot_lite.models import convert_bundled, find_linears, load_model
+from dsnot_lite.lm.data import wikitext_rows
+from dsnot_lite.lm.evaluation import perplexity, tokenize_test_text
+from dsnot_lite.lm.models import convert_bundled, find_linears, load_model
 
 
 @pytest.fixture(scope="module")

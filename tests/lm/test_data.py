@@ -9,9 +9,9 @@ import pytest
 import torch
 from _tiny import tiny_tokenizer
 
-from dsnot_lite import data
+from dsnot_lite.lm import data
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+from _paths import DATA as SHARED
 
 
 def test_default_finds_shared_data(monkeypatch):

@@ -8,7 +8,7 @@ import pytest
 import torch
 from _tiny import VOCAB, tiny_model, tiny_tokenizer
 
-from dsnot_lite.evaluation import perplexity, tokenize_test_text
+from dsnot_lite.lm.evaluation import perplexity, tokenize_test_text
 
 
 def _hand_ppl(model, ids: torch.Tensor, seqlen: int, nwin: int) -> float:
