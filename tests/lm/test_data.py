@@ -12,6 +12,7 @@ from _tiny import tiny_tokenizer
 from dsnot_lite.lm import data
 
 from _paths import DATA as SHARED
+from _paths import ROOT
 
 
 def test_default_finds_shared_data(monkeypatch):
@@ -36,7 +37,19 @@ def test_explicit_and_env_folders(monkeypatch, tmp_path):
 def test_no_local_data_means_hub(monkeypatch, tmp_path):
     monkeypatch.delenv(data.ENV_VAR, raising=False)
     monkeypatch.setattr(data, "PROJECT_ROOT", tmp_path / "project")
+    monkeypatch.chdir(tmp_path)
     assert data.resolve_data_dir() is None
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    with pytest.raises(FileNotFoundError, match="--data-dir"):  # offline: a clear error, not a hub traceback
+        data.wikitext_rows("test")
+
+
+def test_shared_data_is_found_from_a_working_directory_inside_a_checkout(monkeypatch, tmp_path):
+    """A pip-installed package (PROJECT_ROOT elsewhere) run from inside the checkout finds ../shared/data."""
+    monkeypatch.delenv(data.ENV_VAR, raising=False)
+    monkeypatch.setattr(data, "PROJECT_ROOT", tmp_path / "site-packages")
+    monkeypatch.chdir(ROOT / "notebooks")
+    assert data.resolve_data_dir() == SHARED
 
 
 def test_local_rows_match_the_readme():
