@@ -30,7 +30,10 @@ class RunCache:
         self.computed = 0  # runs this object really computed
 
     def path(self, spec: RunSpec) -> Path:
-        return self.folder / f"{spec.name()}-{spec.key()[:8]}.json"
+        """``<run name>-<key>.json``; a stored file is found by its key alone, whatever its name."""
+        key = spec.key()[:12]
+        stored = sorted(self.folder.glob(f"*-{key}.json")) if self.folder.is_dir() else []
+        return stored[0] if stored else self.folder / f"{spec.name()}-{key}.json"
 
     @property
     def table(self) -> Path:

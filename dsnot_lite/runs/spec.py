@@ -23,6 +23,9 @@ ATTENTION = ("sdpa", "eager")
 DTYPES = ("float32", "float16", "bfloat16")
 # Settings that change speed or where output goes, never the result: left out of the cache key.
 SPEED_ONLY = ("eval_batch_size", "data_dir")
+# Settings added after runs were stored, with the value that leaves those runs' keys unchanged.
+KEY_NEUTRAL: dict[str, object] = {}
+_UNSET = object()
 
 
 @dataclass(frozen=True)
@@ -91,8 +94,13 @@ class RunSpec:
         return dataclasses.replace(self, **changes)
 
     def key(self) -> str:
-        """A short stable hash of everything that decides the result (the cache file name)."""
-        payload = json.dumps(self.result_fields(), sort_keys=True, default=str)
+        """A stable hash of everything that decides the result (it names the cached run).
+
+        Stored runs stay valid as the code grows: a setting added later must be left out of the
+        key while it has its neutral value (list it in ``KEY_NEUTRAL``), so old keys do not change.
+        """
+        fields = {k: v for k, v in self.result_fields().items() if KEY_NEUTRAL.get(k, _UNSET) != v}
+        payload = json.dumps(fields, sort_keys=True, default=str)
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
     def result_fields(self) -> dict:
