@@ -157,8 +157,6 @@ class Study:
 
 def main(args) -> int:
     """``python -m dsnot_lite study [STAGE ...] [--list] [--report-only]``."""
-    from dsnot_lite.study import refinement_report
-
     stages = tuple(args.stage) or STAGES
     study = Study(args.model, args.out, args.data_dir, progress=not args.no_progress)
     for stage in stages:
@@ -173,6 +171,8 @@ def main(args) -> int:
         for stage, label, result in study.run(stages):
             ppl = f"ppl {result['ppl']:.3f}" if result else "held by another worker"
             print(f"[{stage}] {label}: {ppl}", file=sys.stderr, flush=True)
+    from dsnot_lite.study import refinement_report
+
     for path in refinement_report.write_report(study):
         print(path)
     return 0
