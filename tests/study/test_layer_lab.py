@@ -1,27 +1,26 @@
-"""explore.py: the cached experiments behind the notebooks (one layer, and a whole tiny model)."""
+"""study.layers and study.layer_lab: one layer, synthetic or real, refined by DSnoT or the exact refiner."""
 
 from __future__ import annotations
-
-import dataclasses
-import json
 
 import pytest
 import torch
 from _tinydir import tiny_model_dir
 
-from dsnot_lite import explore
-from dsnot_lite.core.dsnot import dsnot, row_output_error
-from dsnot_lite.explore import LabConfig, LayerParams, ModelLab
+from dsnot_lite.core.dsnot import STOP_REASONS, dsnot
+from dsnot_lite.core.errors import row_output_error
+from dsnot_lite.core.exact import exact_refine
 from dsnot_lite.core.pruners import initial_mask
+from dsnot_lite.study import layer_lab, layers
+from dsnot_lite.study.layer_lab import LayerParams
 
 
 @pytest.fixture(scope="module")
 def layer():
-    return explore.synthetic_layer(c_out=32, c_in=128, samples=3, tokens=64, n_outliers=3, seed=1)
+    return layers.synthetic_layer(c_out=32, c_in=128, samples=3, tokens=64, n_outliers=3, seed=1)
 
 
 def test_synthetic_layer_is_cached_and_has_outliers(layer):
-    again = explore.synthetic_layer(32, 128, 3, 64, 3, seed=1)
+    again = layers.synthetic_layer(32, 128, 3, 64, 3, seed=1)
     assert again is layer  # same object: keyword and positional calls share the cache entry
     mean = layer.stats.mean.abs()
     others = torch.ones_like(mean, dtype=torch.bool)
@@ -33,7 +32,7 @@ def test_synthetic_layer_is_cached_and_has_outliers(layer):
 
 
 def test_run_layer_official_refines_and_reports(layer):
-    run = explore.run_layer(layer, sparsity=0.6, T=50, eps=0.1)
+    run = layer_lab.run_layer(layer, sparsity=0.6, T=50, eps=0.1)
     res, s = run.result, run.summary
     mask0 = initial_mask(layer.weight, layer.stats, "wanda", 0.6)
     assert torch.equal(run.initial_mask, mask0)
@@ -47,15 +46,16 @@ def test_run_layer_official_refines_and_reports(layer):
     # the expected error shrank a lot; each swap flips two entries
     assert s["mean_abs_error_after"] < s["mean_abs_error_before"] / 5
     assert s["swaps"] > 0 and abs(s["flips"] - 2 * s["swaps"]) <= 32 and s["flips"] == int((res.mask != mask0).sum())
-    assert run.trace.error.shape == (s["iterations"] + 1, 32)
+    assert run.trace.error.shape[1] == 32 and run.trace.error.shape[0] == run.trace.grown.shape[0] + 1
     assert torch.allclose(run.trace.error[0], res.initial_error) and torch.allclose(run.trace.error[-1], res.final_error)
+    assert torch.allclose(run.expected_error_before, res.initial_error, rtol=1e-4, atol=1e-3)
     # the true output errors are what row_output_error says for the two masks
     assert torch.allclose(run.output_error_before, row_output_error(layer.weight, mask0, layer.gram))
     assert torch.allclose(run.output_error_after, row_output_error(layer.weight, res.mask, layer.gram))
     dense = row_output_error(layer.weight, torch.ones_like(mask0), layer.gram)
     expected = float(run.output_error_after.square().sum().sqrt() / dense.square().sum().sqrt())
     assert s["rel_output_error_after"] == pytest.approx(expected, rel=1e-5)
-    assert sum(s[f"stop_{k}"] for k in explore.STOP_REASONS) == 32
+    assert sum(s[f"stop_{k}"] for k in STOP_REASONS) == 32
 
 
 @pytest.mark.parametrize("preset", ["official", "paper"])
@@ -63,7 +63,7 @@ def test_sparsity_exact_without_reference_quirks(layer, preset):
     import dataclasses
 
     params = LayerParams(preset=preset, eps=0.0 if preset == "paper" else 0.1)
-    run = explore.run_layer(layer, params)
+    run = layer_lab.run_layer(layer, params)
     cfg = dataclasses.replace(run.config, reference_quirks=False)
     res = dsnot(layer.weight, layer.stats, run.initial_mask, cfg)
     assert torch.equal(res.mask.sum(1), run.initial_mask.sum(1))
@@ -72,35 +72,35 @@ def test_sparsity_exact_without_reference_quirks(layer, preset):
 
 
 def test_run_layer_cache(layer):
-    explore.clear_cache()
-    a = explore.run_layer(layer, T=7)
-    b = explore.run_layer(layer, LayerParams(T=7))
-    c = explore.run_layer(layer, T=8)
+    layer_lab.clear_cache()
+    a = layer_lab.run_layer(layer, T=7)
+    b = layer_lab.run_layer(layer, LayerParams(T=7))
+    c = layer_lab.run_layer(layer, T=8)
     assert a is b and c is not a
-    assert explore.cache_info() == {"hits": 1, "misses": 2, "size": 2}
+    assert layer_lab.cache_info() == {"hits": 1, "misses": 2, "size": 2}
 
 
 def test_T_zero_and_huge_epsilon_change_nothing(layer):
-    for run in (explore.run_layer(layer, T=0), explore.run_layer(layer, eps=1e9)):
+    for run in (layer_lab.run_layer(layer, T=0), layer_lab.run_layer(layer, eps=1e9)):
         assert run.summary["flips"] == 0
         assert torch.equal(run.mask, run.initial_mask)
         assert run.summary["rel_output_error_after"] == run.summary["rel_output_error_before"]
-    assert explore.run_layer(layer, eps=1e9).summary["stop_threshold"] == 32
+    assert layer_lab.run_layer(layer, eps=1e9).summary["stop_threshold"] == 32
 
 
 def test_fewer_iterations_are_a_prefix_of_more(layer):
-    short, long = explore.run_layer(layer, T=5), explore.run_layer(layer, T=50)
+    short, long = layer_lab.run_layer(layer, T=5), layer_lab.run_layer(layer, T=50)
     assert torch.equal(short.trace.error, long.trace.error[: short.trace.error.shape[0]])
-    frame = explore.sweep(layer, "T", [0, 1, 5, 20, 50])
+    frame = layer_lab.sweep(layer, "T", [0, 1, 5, 20, 50])
     assert list(frame["T"]) == [0, 1, 5, 20, 50]
     assert frame["swaps"].is_monotonic_increasing
 
 
 def test_explain_row_follows_the_trace(layer):
-    run = explore.run_layer(layer)
-    row = explore.rows_by_initial_error(run, 1)[0]
-    assert abs(float(run.result.initial_error[row])) == float(run.result.initial_error.abs().max())
-    table = explore.explain_row(layer, run, row, steps=4)
+    run = layer_lab.run_layer(layer)
+    row = layer_lab.rows_by_initial_error(run, 1)[0]
+    assert abs(float(run.expected_error_before[row])) == float(run.expected_error_before.abs().max())
+    table = layer_lab.explain_row(layer, run, row, steps=4)
     assert len(table) == 4
     mean = layer.stats.expected_input("official")
     for i, line in table.iterrows():
@@ -113,19 +113,19 @@ def test_explain_row_follows_the_trace(layer):
         if i:
             assert line["E[Delta_r] before"] == table.loc[i - 1, "E[Delta_r] after"]
     with pytest.raises(ValueError, match="out of range"):
-        explore.explain_row(layer, run, 99)
+        layer_lab.explain_row(layer, run, 99)
 
 
 def test_criterion_grid_is_table7_shaped(layer):
-    grid = explore.criterion_grid(layer, "flips", T=10)
+    grid = layer_lab.criterion_grid(layer, "flips", T=10)
     assert grid.shape == (4, 4)
     assert grid.index.name == "prune criterion" and grid.columns.name == "grow criterion"
-    assert grid.loc["eq3", "eq2"] == explore.run_layer(layer, T=10).summary["flips"]
-    assert grid.loc["wanda", "magnitude"] == explore.run_layer(layer, T=10, grow="magnitude", prune="wanda").summary["flips"]
+    assert grid.loc["eq3", "eq2"] == layer_lab.run_layer(layer, T=10).summary["flips"]
+    assert grid.loc["wanda", "magnitude"] == layer_lab.run_layer(layer, T=10, grow="magnitude", prune="wanda").summary["flips"]
 
 
 def test_nm_keeps_n_zeros_per_block(layer):
-    run = explore.run_layer(layer, nm=(2, 4), T=10)
+    run = layer_lab.run_layer(layer, nm=(2, 4), T=10)
     assert run.params.sparsity == 0.5
     blocks = run.mask.reshape(32, -1, 4).sum(-1)
     assert bool((blocks == 2).all())
@@ -134,7 +134,23 @@ def test_nm_keeps_n_zeros_per_block(layer):
 
 def test_sweep_rejects_unknown_parameter(layer):
     with pytest.raises(ValueError, match="cannot sweep"):
-        explore.sweep(layer, "colour", [1])
+        layer_lab.sweep(layer, "colour", [1])
+
+
+@pytest.mark.parametrize("refiner", ["exact", "dsnot+exact"])
+def test_exact_refiner_in_the_layer_lab(layer, refiner):
+    run = layer_lab.run_layer(layer, refiner=refiner, T=20)
+    start = run.dsnot_result.mask if refiner == "dsnot+exact" else run.initial_mask
+    direct = exact_refine(layer.weight, layer.gram, start, run.params.exact_config())
+    assert torch.equal(run.mask, direct.mask)
+    assert (run.trace is not None) == (refiner == "dsnot+exact")
+    s = run.summary
+    assert s["row_sparsity_preserved"] and s["rel_output_error_after"] <= s["rel_output_error_before"] + 1e-9
+    assert bool((run.output_error_after <= run.output_error_before * (1 + 1e-6) + 1e-6).all())
+    assert run.result.trace.shape[1] == 32 and s["swaps"] == int(direct.swaps.sum()) + (
+        int(run.dsnot_result.swaps.sum()) if run.dsnot_result else 0)
+    with pytest.raises(ValueError, match="no DSnoT"):
+        layer_lab.explain_row(layer, layer_lab.run_layer(layer, refiner="exact", T=20), 0)
 
 
 # -- real models, on a tiny LLaMA saved as a folder -------------------------------------------
@@ -146,64 +162,16 @@ def tiny_dir(tmp_path_factory):
 
 
 def test_bundled_layer_on_a_model_folder(tiny_dir):
-    layer = explore.bundled_layer(block=1, linear="self_attn.q_proj", nsamples=3, seqlen=32, heldout=2, model=tiny_dir)
+    layer = layers.bundled_layer(block=1, linear="self_attn.q_proj", nsamples=3, seqlen=32, heldout=2, model=tiny_dir)
     assert layer.shape == (64, 64) and layer.name == "model.layers.1.self_attn.q_proj"
     assert layer.stats.nsamples == 3 and layer.stats.ntokens == 96 and layer.stats.hessian is not None
-    assert explore.bundled_layer(1, "self_attn.q_proj", 3, 32, 0, 2, tiny_dir) is layer
+    assert layers.bundled_layer(1, "self_attn.q_proj", 3, 32, 0, 2, tiny_dir) is layer
     # calibration windows are the seeded C4 draw (a prefix of a longer draw); held-out ones come
     # from WikiText-2 validation and do not depend on nsamples
-    assert torch.equal(explore.calibration_ids(tiny_dir, 5, 32, 0)[:3], explore.calibration_ids(tiny_dir, 3, 32, 0))
-    other = explore.bundled_layer(block=1, linear="self_attn.q_proj", nsamples=2, seqlen=32, heldout=2, model=tiny_dir)
+    assert torch.equal(layers.calibration_ids(tiny_dir, 5, 32, 0)[:3], layers.calibration_ids(tiny_dir, 3, 32, 0))
+    other = layers.bundled_layer(block=1, linear="self_attn.q_proj", nsamples=2, seqlen=32, heldout=2, model=tiny_dir)
     assert torch.equal(other.heldout_gram, layer.heldout_gram) and not torch.equal(other.gram, layer.gram)
-    run = explore.run_layer(layer)
+    run = layer_lab.run_layer(layer)
     assert run.summary["heldout_rel_error_before"] > 0 and run.summary["row_sparsity_preserved"]
     with pytest.raises(ValueError, match="no linear"):
-        explore.bundled_layer(block=0, linear="nope", nsamples=3, seqlen=32, model=tiny_dir)
-
-
-def test_model_lab_runs_caches_and_resumes(tiny_dir, tmp_path):
-    cfg = LabConfig(model=tiny_dir, nsamples=3, seqlen=32, max_windows=2, blocks=1)
-    lab = ModelLab(cfg, cache_dir=tmp_path, progress=False)
-    loaded, snapshot = explore.load_dense(tiny_dir)
-    dense = lab.dense()
-    wanda = lab.run("wanda", 0.6)
-    refined = lab.run("wanda", 0.6, dsnot=True)
-    assert lab.computed == 3
-    assert lab.run("wanda", 0.6, dsnot=True) is refined and lab.computed == 3  # memory cache
-    # dense weights are back after every run
-    for k, v in loaded.blocks.state_dict().items():
-        assert torch.equal(v, snapshot[k]), k
-    # only block 0 was pruned; the label says so
-    assert "first 1/2 blocks" in wanda["model"] and wanda["pruned_blocks"] == 1
-    assert {r["name"].split(".")[2] for r in wanda["layers"]} == {"0"}
-    assert wanda["achieved_sparsity"] == pytest.approx(refined["achieved_sparsity"]) == pytest.approx(0.6, abs=0.01)
-    assert dense["ppl"] > 0 and wanda["ppl"] != dense["ppl"]
-    # disk cache: a new lab computes nothing and reads the same numbers
-    again = ModelLab(cfg, cache_dir=tmp_path, progress=False)
-    assert again.run("wanda", 0.6, dsnot=True)["ppl"] == refined["ppl"] and again.computed == 0
-    table = (tmp_path / "results.csv").read_text().splitlines()
-    assert len(table) == 4  # header + 3 runs
-    stored = json.loads((tmp_path / f"{refined['cache_key']}.json").read_text())
-    assert stored["dsnot_config"]["grow"] == "eq2" and stored["total_flips"] == refined["total_flips"]
-    frame = explore.layer_frame(refined)
-    assert len(frame) == 7 and set(frame["block"]) == {0}
-    official_attention_only = frame[~frame["type"].str.contains("attn")]
-    assert (official_attention_only["flips"] == 0).all()  # R6: the official preset leaves MLP masks alone
-    sweep = explore.lab_sweep(again, "sparsity", [0.6])
-    assert again.computed == 0 and sweep.loc[0, "ppl_dsnot"] == refined["ppl"]
-    assert sweep.loc[0, "delta_ppl"] == pytest.approx(refined["ppl"] - wanda["ppl"])
-
-
-def test_cache_key_ignores_speed_only_settings_but_not_result_settings():
-    from dsnot_lite.runs.pipeline import PruneSpec
-
-    spec = PruneSpec("wanda", 0.6, None, True, "official", None)
-    base = LabConfig(nsamples=32, seqlen=512, max_windows=40)
-    # evaluation batching changes speed only: a stored run stays valid
-    assert explore.spec_key(dataclasses.replace(base, eval_batch_size=1), spec) == explore.spec_key(base, spec)
-    # anything that changes the numbers gives a new key
-    for change in (dict(nsamples=16), dict(seqlen=256), dict(max_windows=None), dict(seed=1), dict(blocks=2),
-                   dict(dtype="float16")):
-        assert explore.spec_key(dataclasses.replace(base, **change), spec) != explore.spec_key(base, spec), change
-    paper = PruneSpec("wanda", 0.6, None, True, "paper", None)
-    assert explore.spec_key(base, paper) != explore.spec_key(base, spec)
+        layers.bundled_layer(block=0, linear="nope", nsamples=3, seqlen=32, model=tiny_dir)
