@@ -21,7 +21,6 @@ EXIT_USAGE = 2
 CRITERIA = ("eq2", "eq3", "wanda", "magnitude")  # core.dsnot.GROW_CRITERIA, without importing torch
 DSNOT_KNOBS = {"T": "--T", "eps": "--eps", "grow": "--grow", "prune": "--prune", "var_power": "--var-power",
                "var_floor": "--var-floor", "sign_check": "--sign-check", "T_width": "--T-width"}  # fmt: skip
-SAVE_FORMATS = ("dense", "compressed-tensors")
 
 
 class UsageError(Exception):
@@ -72,8 +71,7 @@ def _add_run(sub) -> None:
     p.add_argument("--output", default=None, help="result JSON (default results/<run name>.json)")
     p.add_argument("--results-table", default="results/results.csv", help="CSV table the run's row is appended to")
     p.add_argument("--no-table", action="store_true", help="do not append to the results table")
-    p.add_argument("--save-model", default=None, metavar="DIR", help="also write the pruned model folder")
-    p.add_argument("--save-format", default="dense", choices=SAVE_FORMATS, help="dense safetensors, or compressed-tensors (sparse)")
+    p.add_argument("--save-model", default=None, metavar="DIR", help="also write the pruned model folder (safetensors)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_run)
 
@@ -168,12 +166,6 @@ def _preflight(args, spec) -> Path:
         if Path(args.save_model).exists():
             raise UsageError(f"--save-model {args.save_model!r} already exists; fix: choose a new folder")
         check_writable(Path(args.save_model), "--save-model")
-        if args.save_format == "compressed-tensors":
-            from dsnot_lite.lm.export import require_compressed_tensors
-
-            require_compressed_tensors()
-    elif args.save_format != "dense":
-        raise UsageError("--save-format applies to --save-model; fix: add --save-model DIR or drop it")
     data.resolve_data_dir(spec.data_dir)
     if spec.device.startswith("cuda"):
         import torch
@@ -197,9 +189,10 @@ def cmd_run(args) -> int:
 
     def save(loaded) -> None:
         if args.save_model:
-            from dsnot_lite.lm.export import save_pruned
+            from dsnot_lite.lm.models import save_model
 
-            saved.update(save_pruned(loaded, args.save_model, args.save_format, spec.nm))
+            loaded.model.to("cpu")
+            saved.update(save_model(loaded, args.save_model))
 
     result = run(spec, progress=not args.no_progress, after_eval=save)
     result["saved_model"] = saved or None

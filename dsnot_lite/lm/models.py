@@ -202,8 +202,9 @@ def load_model(
     return LoadedModel(model=lm, tokenizer=tokenizer, name=model, source=source, blocks_path=find_blocks(lm))
 
 
-def save_model(loaded: LoadedModel, out_dir: str | Path) -> Path:
-    """Write the model and tokenizer as a loadable safetensors folder, atomically (temp dir, rename)."""
+def save_model(loaded: LoadedModel, out_dir: str | Path) -> dict:
+    """Write the model and tokenizer as a loadable safetensors folder, atomically (temp dir, rename),
+    with ordinary permissions; returns ``{"path": ..., "bytes": ...}``."""
     out = Path(out_dir).expanduser()
     if out.exists():
         raise FileExistsError(f"{out} already exists; fix: choose a new folder for --save-model")
@@ -212,8 +213,17 @@ def save_model(loaded: LoadedModel, out_dir: str | Path) -> Path:
     try:
         loaded.model.save_pretrained(tmp)
         loaded.tokenizer.save_pretrained(tmp)
+        _ordinary_permissions(tmp)
         os.rename(tmp, out)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
-    return out
+    return {"path": str(out), "bytes": sum(f.stat().st_size for f in out.rglob("*") if f.is_file())}
+
+
+def _ordinary_permissions(folder: Path) -> None:
+    """0777/0666 minus the umask (mkdtemp and safetensors create 0700 folders and 0600 files)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    for path in [folder, *folder.rglob("*")]:
+        path.chmod((0o777 if path.is_dir() else 0o666) & ~mask)

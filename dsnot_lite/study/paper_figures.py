@@ -66,11 +66,17 @@ def protocol_rows(frame):
     pruned = test[test["method"] != "dense"]
     if pruned.empty:
         return test
-    common = pruned[list(PROTOCOL)].astype(str).value_counts().index[0]
-    same = (test[list(PROTOCOL)].astype(str) == list(common)).all(axis=1)
-    evaluation = ["seqlen", "max_windows", "eval_split"]
-    dense = (test["method"] == "dense") & (test[evaluation].astype(str) == [common[PROTOCOL.index(c)] for c in evaluation]).all(axis=1)
-    return test[same | dense]
+    def setting(frame, columns) -> list[tuple]:
+        return [tuple(str(v) for v in row) for row in frame[list(columns)].astype(object).itertuples(index=False)]
+
+    from collections import Counter
+
+    common = Counter(setting(pruned, PROTOCOL)).most_common(1)[0][0]
+    evaluation = ("seqlen", "max_windows", "eval_split")
+    same_eval = tuple(common[PROTOCOL.index(c)] for c in evaluation)
+    same = [s == common for s in setting(test, PROTOCOL)]
+    dense = [m == "dense" and s == same_eval for m, s in zip(test["method"], setting(test, evaluation))]
+    return test[[a or b for a, b in zip(same, dense)]]
 
 
 def _other_knobs(config: dict | None, preset_name, exact: dict | None) -> str:

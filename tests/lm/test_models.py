@@ -43,7 +43,9 @@ def test_local_folder_round_trip(arch, tmp_path):
         assert torch.equal(p, q), name
     with torch.no_grad():
         loaded.blocks[0].get_submodule(sorted(find_linears(loaded.blocks[0]))[0]).weight.zero_()
-    out = save_model(loaded, tmp_path / "saved")
+    saved = save_model(loaded, tmp_path / "saved")
+    out = saved["path"]
+    assert saved["bytes"] > 0
     again = load_model(str(out))
     first = sorted(find_linears(again.blocks[0]))[0]
     assert int(again.blocks[0].get_submodule(first).weight.count_nonzero()) == 0
