@@ -80,7 +80,7 @@ def _add_study(sub) -> None:
     p = sub.add_parser("study", help="the resumable 'when does refinement help?' study on a bundled model")
     p.add_argument("stage", nargs="*", default=[], help="stages to run (default: all; see --list)")
     p.add_argument("--model", default="smollm2-135m", help="bundled model or folder")
-    p.add_argument("--out", default=None, help="output folder (default: studies/refinement-<model>)")
+    p.add_argument("--out", default=None, help="output folder (default: studies/refinement-<model> in the checkout)")
     p.add_argument("--list", action="store_true", help="list the stages and their runs, compute nothing")
     p.add_argument("--report-only", action="store_true", help="only rebuild the report from the stored runs")
     p.add_argument("--data-dir", default=None, help="folder laid out like ../shared/data")
@@ -90,8 +90,9 @@ def _add_study(sub) -> None:
 
 def _add_figures(sub) -> None:
     p = sub.add_parser("figures", help="paper-style figures and tables from a results table")
-    p.add_argument("--table", default="studies/refinement-smollm2-135m/results.csv", help="results table (CSV) to read")
-    p.add_argument("--out", default="figures", help="folder for the PNG figures and Markdown tables")
+    p.add_argument("--table", default=None, help="results table (CSV) to read (default: the committed study's, "
+                   "studies/refinement-smollm2-135m/results.csv)")
+    p.add_argument("--out", default=None, help="folder for the PNG figures and Markdown tables (default: figures/)")
     p.set_defaults(func=cmd_figures)
 
 
@@ -213,9 +214,10 @@ def cmd_study(args) -> int:
 
 
 def cmd_figures(args) -> int:
-    from dsnot_lite.study import paper_figures
+    from dsnot_lite.study import paper_figures, workspace
 
-    paths = paper_figures.write_all(args.table, args.out)
+    table = args.table or workspace.study_dir() / "results.csv"
+    paths = paper_figures.write_all(table, args.out or workspace.figures_dir())
     for p in paths:
         print(p)
     return 0

@@ -77,3 +77,30 @@ def masks_for_case(tensors: dict[str, torch.Tensor], params: dict) -> tuple[torc
     """(initial pruned mask, final pruned mask), bool, True = pruned, as the reference code returns."""
     weight, stats, start, dsnot_start, config, nm, method = dsnot_inputs(tensors, params)
     return start, dsnot(weight, stats, dsnot_start, config, nm, initial_method=method).mask
+
+
+def load_e2e(path: str | Path) -> dict[str, torch.Tensor]:
+    """Layer name -> (C_out, C_in) bool zero pattern (True = zero) of one file of
+    ``../shared/reference/official-e2e/`` (packed with ``numpy.packbits(weight == 0, axis=1)``)."""
+    import numpy as np
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no end-to-end reference file at {path}; the files live in ../shared/reference/official-e2e/")
+    with safe_open(str(path), framework="pt") as f:
+        shapes = json.loads((f.metadata() or {})["shapes"])
+        return {k: torch.from_numpy(np.unpackbits(f.get_tensor(k).numpy(), axis=1, count=shapes[k][1]).astype(bool))
+                for k in f.keys()}  # fmt: skip
+
+
+def zero_patterns(model: torch.nn.Module, names: list[str]) -> dict[str, torch.Tensor]:
+    """``weight == 0`` of the named linear layers of ``model`` (on the CPU)."""
+    return {name: (model.get_submodule(name).weight.detach() == 0).cpu() for name in names}
+
+
+def e2e_differences(ours: dict[str, torch.Tensor], theirs: dict[str, torch.Tensor]) -> dict[str, int]:
+    """Layers whose zero pattern differs from the reference's, with the number of differing entries."""
+    missing = sorted(set(ours) - set(theirs))
+    if missing:
+        raise ValueError(f"layers {missing[:3]} are not in the reference; fix: compare a model of the same architecture")
+    return {name: int((ours[name] != theirs[name]).sum()) for name in ours if not torch.equal(ours[name], theirs[name])}

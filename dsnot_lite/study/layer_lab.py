@@ -293,3 +293,40 @@ def calibration_sweep(nsamples_list, params: LayerParams | None = None, **layer_
         layer = bundled_layer(nsamples=int(n), **layer_kwargs)
         rows.append({"nsamples": int(n), **run_layer(layer, params).summary})
     return pd.DataFrame(rows)
+
+
+def grown_channels(layer: Layer, run: LayerRun, k: int = 10):
+    """The input channels DSnoT regrew in the most rows, with their statistics (a DataFrame).
+
+    ``rows`` counts the rows in which the channel's weight was grown back; ``variance`` and
+    ``variance quantile`` (0 = the layer's lowest) are the Var(A) that Eq. 2 divides by.
+    """
+    import pandas as pd
+
+    trace = run.trace
+    if trace is None:
+        raise ValueError("grown_channels reads DSnoT's trace, but this run has no DSnoT; fix: use refiner='dsnot'")
+    grown = trace.grown[trace.swapped]
+    counts = torch.bincount(grown, minlength=layer.weight.shape[1])
+    variance = layer.stats.variance(run.config.statistics)
+    quantile = variance.argsort().argsort().float() / max(1, variance.numel() - 1)
+    top = torch.topk(counts, min(k, int((counts > 0).sum()))).indices
+    return pd.DataFrame({
+        "channel": top.tolist(), "rows": counts[top].tolist(), "variance": variance[top].tolist(),
+        "variance quantile": quantile[top].tolist(), "median variance": [float(variance.median())] * len(top),
+        "E[A] (token mean)": layer.stats.mean[top].tolist(),
+    })  # fmt: skip
+
+
+def error_split(layer: Layer, run: LayerRun) -> dict[str, float]:
+    """The layer's squared output error split into its mean and variance parts (spec section 6),
+    for the initial mask and after refinement, relative to ``||W X||^2`` on the calibration tokens."""
+    from dsnot_lite.core.errors import error_parts, removed_weights
+
+    stats, parts = layer.stats, {}
+    for when, mask in (("before", run.initial_mask), ("after", run.mask)):
+        p = error_parts(removed_weights(layer.weight, mask), layer.weight, stats.gram, stats.mean, stats.ntokens)
+        parts[f"mean part {when}"] = p.mean / p.dense
+        parts[f"variance part {when}"] = (p.total - p.mean) / p.dense
+        parts[f"total {when}"] = p.total / p.dense
+    return parts

@@ -155,3 +155,44 @@ def gain_by_type(result: dict):
         return frame
     columns = ["error_initial", "error_final", "error_change_%", "mean_share_initial", "flips"]
     return frame.groupby("type")[columns].mean().sort_values("error_change_%")
+
+
+E2E_RUNS = {"wanda_s60": None, "wanda_dsnot_s60": "dsnot"}  # the authors' whole-model masks -> our refiner
+
+
+def authors_e2e_check(blocks: int | None = None, data_dir: str | None = None, progress: bool = False):
+    """Our main path against the authors' own pipeline (``../shared/reference/official-e2e``): Wanda
+    and Wanda + DSnoT (``official``) at 60% on SmolLM2-135M with their settings (16 C4 windows of
+    512 tokens, seed 0), the first ``blocks`` blocks (None: all 30). One row per run: layers
+    compared, layers whose zero pattern differs, differing entries (a DataFrame)."""
+    import pandas as pd
+
+    from dsnot_lite.lm import data
+    from dsnot_lite.lm.models import find_linears
+    from dsnot_lite.reference import e2e_differences, load_e2e, zero_patterns
+
+    folder = data.resolve_data_dir(data_dir)
+    where = (folder.parent if folder else workspace_shared()) / "reference" / "official-e2e"
+    session, rows = ModelSession(), []
+    for name, refiner in E2E_RUNS.items():
+        spec = RunSpec(method="wanda", sparsity=0.6, refiner=refiner, nsamples=16, seqlen=512, blocks=blocks,
+                       max_windows=1, data_dir=data_dir)  # fmt: skip
+        ours: dict = {}
+
+        def keep(loaded, ours=ours) -> None:
+            names = [f"{loaded.blocks_path}.{i}.{n}" for i, b in enumerate(loaded.blocks[: blocks or len(loaded.blocks)])
+                     for n in find_linears(b)]  # fmt: skip
+            ours.update(zero_patterns(loaded.model, names))
+
+        run(spec, session=session, progress=progress, after_eval=keep)
+        differing = e2e_differences(ours, load_e2e(where / f"{name}.safetensors"))
+        rows.append({"authors' run": name, "ours": spec.label(), "layers compared": len(ours),
+                     "layers differing": len(differing), "entries differing": sum(differing.values())})  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def workspace_shared() -> Path:
+    """``shared/`` beside the checkout (where the reference files live when no data folder is found)."""
+    from dsnot_lite.study import workspace
+
+    return workspace.root().parent / "shared"

@@ -30,6 +30,7 @@ from pathlib import Path
 from dsnot_lite.core.dsnot import preset
 from dsnot_lite.runs.cache import RunCache
 from dsnot_lite.runs.spec import RunSpec
+from dsnot_lite.study import workspace
 
 SEEDS = (0, 1, 2)
 TUNE_WINDOWS, GRID_WINDOWS = 64, 32
@@ -76,7 +77,7 @@ class Study:
     def __init__(self, model: str = "smollm2-135m", folder: str | Path | None = None, data_dir: str | None = None,
                  progress: bool = True):  # fmt: skip
         self.model = model
-        self.folder = Path(folder or f"studies/refinement-{model}")
+        self.folder = Path(folder) if folder else workspace.study_dir(model)
         self.base = base_spec(model, data_dir)
         self.cache = RunCache(self.folder / "runs", progress=progress)
 

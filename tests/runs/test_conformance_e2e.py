@@ -7,25 +7,20 @@ blocks are in the default suite (``RunSpec.blocks`` caps them), the whole model 
 
 from __future__ import annotations
 
-import json
-
-import numpy as np
 import pytest
+import torch
 from _paths import E2E_DIR
-from safetensors import safe_open
 
 from dsnot_lite.lm.models import find_linears
+from dsnot_lite.reference import e2e_differences, load_e2e, zero_patterns
 from dsnot_lite.runs.runner import ModelSession, run
 from dsnot_lite.runs.spec import RunSpec
 
 RUNS = {"wanda_s60": None, "wanda_dsnot_s60": "dsnot"}  # reference file -> our refiner
 
 
-def _reference(name: str) -> dict[str, np.ndarray]:
-    """Layer name -> (C_out, C_in) bool zero pattern (True = zero), unpacked as the README says."""
-    with safe_open(str(E2E_DIR / f"{name}.safetensors"), framework="pt") as f:
-        shapes = json.loads(f.metadata()["shapes"])
-        return {k: np.unpackbits(f.get_tensor(k).numpy(), axis=1, count=shapes[k][1]).astype(bool) for k in f.keys()}
+def _reference(name: str) -> dict[str, torch.Tensor]:
+    return load_e2e(E2E_DIR / f"{name}.safetensors")
 
 
 @pytest.fixture(scope="module")
@@ -33,15 +28,15 @@ def session():
     return ModelSession()
 
 
-def _zero_patterns(session: ModelSession, refiner: str | None, blocks: int | None) -> dict[str, np.ndarray]:
+def _zero_patterns(session: ModelSession, refiner: str | None, blocks: int | None) -> dict[str, torch.Tensor]:
     spec = RunSpec(method="wanda", sparsity=0.6, refiner=refiner, nsamples=16, seqlen=512, seed=0, blocks=blocks,
                    max_windows=1)  # fmt: skip
-    patterns: dict[str, np.ndarray] = {}
+    patterns: dict[str, torch.Tensor] = {}
 
     def keep(loaded) -> None:
-        for i, block in enumerate(loaded.blocks[: blocks or len(loaded.blocks)]):
-            for name, layer in find_linears(block).items():
-                patterns[f"{loaded.blocks_path}.{i}.{name}"] = (layer.weight.data == 0).cpu().numpy()
+        names = [f"{loaded.blocks_path}.{i}.{name}" for i, block in enumerate(loaded.blocks[: blocks or len(loaded.blocks)])
+                 for name in find_linears(block)]  # fmt: skip
+        patterns.update(zero_patterns(loaded.model, names))
 
     run(spec, session=session, progress=False, after_eval=keep)
     return patterns
@@ -51,7 +46,7 @@ def _compare(session, name: str, blocks: int | None) -> None:
     expected = _reference(name)
     got = _zero_patterns(session, RUNS[name], blocks)
     assert len(got) == (7 * blocks if blocks else len(expected)) == len(set(got) & set(expected))
-    differing = {k: int((got[k] != expected[k]).sum()) for k in got if not np.array_equal(got[k], expected[k])}
+    differing = e2e_differences(got, expected)
     assert not differing, f"{len(differing)} layers differ from the authors' pipeline: {differing}"
 
 
@@ -70,6 +65,6 @@ def test_a_different_mask_is_caught():
     """The comparison has teeth: Wanda's pattern is not Wanda + DSnoT's in the attention layers."""
     plain, refined = _reference("wanda_s60"), _reference("wanda_dsnot_s60")
     attention = [k for k in plain if "self_attn" in k]
-    assert all(not np.array_equal(plain[k], refined[k]) for k in attention)
+    assert set(e2e_differences({k: plain[k] for k in attention}, refined)) == set(attention)
     # R6: DSnoT leaves MLP masks alone, so block 0's MLP (same inputs in both runs) is identical
-    assert all(np.array_equal(plain[k], refined[k]) for k in plain if k.startswith("model.layers.0.mlp."))
+    assert not e2e_differences({k: v for k, v in plain.items() if k.startswith("model.layers.0.mlp.")}, refined)
