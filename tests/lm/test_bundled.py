@@ -54,7 +54,7 @@ def test_small_pruning_run_on_the_bundled_model(fresh_cache, tmp_path, capsys):
     code = main([
         "run", "--model", "smollm2-135m", "--method", "wanda", "--dsnot", "--sparsity", "0.6",
         "--nsamples", "4", "--seqlen", "128", "--max-windows", "2", "--output", str(out),
-        "--results-table", str(tmp_path / "table.csv"), "--no-progress",
+        "--results-table", str(tmp_path / "table.csv"), "--no-progress", "--tasks", "wikitext2_lastword", "--tasks-limit", "5",
     ])  # fmt: skip
     assert code == 0, capsys.readouterr().err
     result = json.loads(out.read_text())
@@ -68,6 +68,9 @@ def test_small_pruning_run_on_the_bundled_model(fresh_cache, tmp_path, capsys):
         if not layer["refined_by"]:
             assert layer["swaps"] == 0
     assert sum(layer["swaps"] for layer in layers) > 0
+    zero_shot = result["zero_shot"]["wikitext2_lastword"]
+    assert 0 <= zero_shot["acc"] <= 1 and zero_shot["acc"] * 5 == pytest.approx(round(zero_shot["acc"] * 5))
+    assert "wikitext2_lastword" in (tmp_path / "table.csv").read_text()
     # Pruning 60% hurts: worse than the dense model on the same two windows, but finite.
     loaded = load_model("smollm2-135m")
     ids = tokenize_test_text(loaded.tokenizer, wikitext_rows("test"))

@@ -121,3 +121,13 @@ def test_criterion_figure_says_when_there_is_no_grid(tmp_path):
     assert "2 runs" in ours.get_title()
     cells = sorted(t.get_text() for t in ours.texts)
     assert "17.00" in cells and "18.00" in cells and "no grow" not in " ".join(cells)
+
+
+def test_zero_shot_table_in_the_paper_table_6_layout(tmp_path):
+    for refiner, acc in ((None, 0.30), ("dsnot", 0.25), ("exact", 0.35)):
+        record = fake_run(tmp_path, 20.0, method="wanda", sparsity=0.6, refiner=refiner)
+        record["zero_shot"] = {"wikitext2_lastword": {"acc": acc, "acc_stderr": 0.01}}
+        schema.save_result(record, tmp_path / f"{record['name']}.json", tmp_path / "results.csv")
+    table = paper_figures.zero_shot_table(paper_figures.load_table(tmp_path / "results.csv"))
+    assert "| test-model | wanda + exact | 60% | 35.00 | 35.00 |" in table and "smoke task" in table
+    assert paper_figures.zero_shot_table(paper_figures.load_table(tmp_path / "results.csv").assign(zero_shot=None)) is None
