@@ -1,4 +1,5 @@
-"""Tiny randomly initialised causal LMs of each supported architecture, and a tiny tokenizer.
+"""Tiny randomly initialised causal LMs of each supported architecture (Gemma 3 with a sliding-window
+and a full-attention block), and a tiny tokenizer.
 
 Built inside the tests (no download): hidden 64, 2 blocks, vocabulary 320. The tokenizer is a
 character-level BPE trained on the first WikiText-2 training-like rows we have locally (the
@@ -12,6 +13,7 @@ import functools
 import torch
 from transformers import (
     AutoModelForCausalLM,
+    Gemma3TextConfig,
     LlamaConfig,
     MistralConfig,
     OPTConfig,
@@ -22,7 +24,7 @@ from transformers import (
 from dsnot_lite.lm.models import LoadedModel, find_blocks
 
 VOCAB = 320
-ARCHS = ("llama", "mistral", "qwen2", "opt")
+ARCHS = ("llama", "mistral", "qwen2", "opt", "gemma3")
 
 
 def tiny_config(arch: str):
@@ -35,6 +37,9 @@ def tiny_config(arch: str):
         return Qwen2Config(intermediate_size=128, num_key_value_heads=2, **common)
     if arch == "opt":
         return OPTConfig(ffn_dim=128, word_embed_proj_dim=64, max_position_embeddings=512, **common)
+    if arch == "gemma3":  # a sliding-window block then a full-attention one: different masks and RoPE per block
+        return Gemma3TextConfig(intermediate_size=128, num_key_value_heads=1, head_dim=16, sliding_window=8,
+                                layer_types=["sliding_attention", "full_attention"], max_position_embeddings=512, **common)
     raise ValueError(arch)
 
 

