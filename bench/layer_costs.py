@@ -54,10 +54,10 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))  # the oracle lives with the tests
 
 from dsnot_lite.core.dsnot import dsnot, preset  # noqa: E402
-from dsnot_lite.figures import save_figure  # noqa: E402
 from dsnot_lite.core.pruners import initial_mask, sparsegpt_inverse_hessian_diag, sparsegpt_prune  # noqa: E402
-from dsnot_lite.runs.io import atomic_write_text  # noqa: E402
 from dsnot_lite.core.stats import ChannelStats  # noqa: E402
+from dsnot_lite.figures import save_figure  # noqa: E402
+from dsnot_lite.runs.io import atomic_write_text  # noqa: E402
 
 SHAPES = {
     "7b": [(4096, 4096), (11008, 4096), (4096, 11008)],
@@ -104,7 +104,9 @@ def channel_profile(cols: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     return mean, scale
 
 
-def make_stats(cols: int, nsamples: int, seqlen: int, seed: int, hessian_cols: int = 0) -> tuple[ChannelStats, ChannelStats | None]:
+def make_stats(
+    cols: int, nsamples: int, seqlen: int, seed: int, hessian_cols: int = 0
+) -> tuple[ChannelStats, ChannelStats | None]:
     """R1 statistics of synthetic tokens, and (optionally) a Hessian-carrying ChannelStats of the first ``hessian_cols`` channels."""
     mean, scale = channel_profile(cols, seed)
     g = torch.Generator().manual_seed(seed + 2)
@@ -146,10 +148,7 @@ def sparsegpt_cost(weight, hstats, sparsity, rows_sub, cols_sub) -> tuple[float,
     t_inv, _ = timed(lambda: sparsegpt_inverse_hessian_diag(h))
     t_obs = max(t_sub - t_inv, 0.0)
     est = t_inv * (cols / c) ** 3 + t_obs * (rows / r) * (cols / c) ** 2
-    note = (
-        f"extrapolated from {r}x{c}: inverse {t_inv:.2f}s x (C_in/{c})^3 + OBS sweep {t_obs:.2f}s "
-        f"x (C_out/{r}) x (C_in/{c})^2"
-    )
+    note = f"extrapolated from {r}x{c}: inverse {t_inv:.2f}s x (C_in/{c})^3 + OBS sweep {t_obs:.2f}s x (C_out/{r}) x (C_in/{c})^2"
     return est, False, note
 
 
@@ -159,9 +158,7 @@ def bench_shape(rows, cols, args, cfg, trace: bool) -> list[dict]:
     sparsity = args.sparsity
     with_sparsegpt = cols <= args.sparsegpt_max_cin
     weight = make_weight(rows, cols, args.seed)
-    stats, hstats = make_stats(
-        cols, args.nsamples, args.seqlen, args.seed, hessian_cols=min(cols, args.sparsegpt_max_cin)
-    )
+    stats, hstats = make_stats(cols, args.nsamples, args.seqlen, args.seed, hessian_cols=min(cols, args.sparsegpt_max_cin))
     if with_sparsegpt:  # the saliency mask needs the whole Hessian
         stats.hessian = hstats.hessian
     masks = {
@@ -282,12 +279,14 @@ def sweeps(args, cfg) -> list[dict]:
                "total_median_s": summary["median_s"] + wanda_med, "total_ratio_to_wanda": 1 + summary["median_s"] / wanda_med,
                "measured": True, "note": f"swaps {int(res.swaps.sum())}; stops {res.stop_counts}{note}; load {load()}"}  # fmt: skip
         out.append(row)
-        log(f"  {param}={value}: dsnot {summary['median_s']:.3f}s wanda {wanda_med:.3f}s paired x{row['paired_ratio_median']:.2f}")
+        log(
+            f"  {param}={value}: dsnot {summary['median_s']:.3f}s wanda {wanda_med:.3f}s paired x{row['paired_ratio_median']:.2f}"
+        )
 
     weight = make_weight(rows, cols, args.seed)
     stats, _ = make_stats(cols, args.nsamples, args.seqlen, args.seed)
     mask = initial_mask(weight, stats, "wanda", args.sparsity)
-    wanda = lambda: initial_mask(weight, stats, "wanda", args.sparsity)  # noqa: E731
+    wanda = lambda: initial_mask(weight, stats, "wanda", args.sparsity)
 
     log(f"sweep T on {rows}x{cols}")
     cfgs = {t: dataclasses.replace(cfg, T=t) for t in args.sweep_t}
@@ -445,10 +444,10 @@ RUN_KEYS = ("command", "load_start", "load_end", "threads", "repeats", "warmup",
 def write(rows: list[dict], meta: dict, out_dir: Path, fig_path: Path, base: tuple | None = None) -> dict:
     if base is not None:  # --merge: rows and meta of the earlier run, read once at the start
         old_rows, old_meta = base
-        key = lambda r: (r["section"], r["shape"], r["method"], str(r["param"]), str(r["value"]))  # noqa: E731
+        key = lambda r: (r["section"], r["shape"], r["method"], str(r["param"]), str(r["value"]))
         fresh = {key(r) for r in rows}
         rows = [r for r in old_rows if key(r) not in fresh] + rows
-        meta = {**old_meta, **meta, "runs": old_meta.get("runs", []) + [{k: meta.get(k) for k in RUN_KEYS}]}
+        meta = {**old_meta, **meta, "runs": [*old_meta.get("runs", []), {k: meta.get(k) for k in RUN_KEYS}]}
     meta["summary_table"] = summary_table(rows)
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=FIELDS, extrasaction="ignore")
@@ -462,13 +461,18 @@ def write(rows: list[dict], meta: dict, out_dir: Path, fig_path: Path, base: tup
 
 
 def summary_table(rows: list[dict]) -> str:
-    lines = ["| shape | method | median s | x Wanda | x Wanda, paired | with its mask, x Wanda | measured |", "|---|---|---|---|---|---|---|"]
+    lines = [
+        "| shape | method | median s | x Wanda | x Wanda, paired | with its mask, x Wanda | measured |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
         if r["section"] != "layer":
             continue
         total = f"{r['total_ratio_to_wanda']:.2f}" if r.get("total_ratio_to_wanda") else ""
         paired = f"{r['paired_ratio_median']:.2f}" if r.get("paired_ratio_median") else ""
-        lines.append(f"| {r['shape']} | {r['method']} | {r['median_s']:.3f} | {r['ratio_to_wanda']:.2f} | {paired} | {total} | {'yes' if r['measured'] else 'extrapolated'} |")
+        lines.append(
+            f"| {r['shape']} | {r['method']} | {r['median_s']:.3f} | {r['ratio_to_wanda']:.2f} | {paired} | {total} | {'yes' if r['measured'] else 'extrapolated'} |"
+        )
     return "\n".join(lines)
 
 
@@ -489,7 +493,12 @@ def main(argv=None) -> None:
     p.add_argument("--seqlen", type=int, default=2048, help="tokens per sample (R1 scales E[A] by it; paper 2048)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--sparsegpt-max-cin", type=int, default=11008, help="beyond this C_in, SparseGPT is extrapolated")
-    p.add_argument("--sparsegpt-max-numel", type=int, default=4096 * 11008, help="beyond this many weights, extrapolated from --sparsegpt-rows rows")
+    p.add_argument(
+        "--sparsegpt-max-numel",
+        type=int,
+        default=4096 * 11008,
+        help="beyond this many weights, extrapolated from --sparsegpt-rows rows",
+    )
     p.add_argument("--sparsegpt-rows", type=int, default=2048)
     p.add_argument("--no-sparsegpt-check", action="store_true", help="skip checking the extrapolation rule")
     p.add_argument("--sweep-shape", type=parse_shape, default=(4096, 4096))

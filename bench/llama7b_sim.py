@@ -47,12 +47,12 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from memtrack import PeakRSS, rss_mb  # noqa: E402
 
-from dsnot_lite.lm.calibration import capture_block_inputs, collect_stats, run_block  # noqa: E402
 from dsnot_lite.core.dsnot import dsnot, preset  # noqa: E402
-from dsnot_lite.lm.models import find_linears  # noqa: E402
-from dsnot_lite.runs.pipeline import PruneSpec, prune_layer  # noqa: E402
 from dsnot_lite.core.pruners import initial_mask  # noqa: E402
+from dsnot_lite.lm.calibration import capture_block_inputs, collect_stats, run_block  # noqa: E402
+from dsnot_lite.lm.models import find_linears  # noqa: E402
 from dsnot_lite.runs.io import atomic_write_text  # noqa: E402
+from dsnot_lite.runs.pipeline import PruneSpec, prune_layer  # noqa: E402
 
 GIB = 2**30
 LLAMA = {  # hidden, intermediate, heads, layers, vocab
@@ -116,7 +116,9 @@ def memory_plan(name, hidden, inter, heads, layers, vocab, nsamples, seqlen, bat
         fwd = comp["forward_workspace_one_batch"]
         peaks[f"wanda_dsnot_{mode}"] = weights + acts + fwd + comp["statistics_fp32"] + comp["dsnot_workspace_largest_layer"]
         peaks[f"wanda_dsnot_{mode}_with_error_hessians"] = peaks[f"wanda_dsnot_{mode}"] + comp["hessians_fp32"]
-        peaks[f"sparsegpt_{mode}"] = weights + acts + fwd + comp["statistics_fp32"] + comp["hessians_fp32"] + comp["sparsegpt_workspace_largest_layer"]
+        peaks[f"sparsegpt_{mode}"] = (
+            weights + acts + fwd + comp["statistics_fp32"] + comp["hessians_fp32"] + comp["sparsegpt_workspace_largest_layer"]
+        )
     return {"model": name, "params": {k: v for k, v in pc.items() if k != "linear_shapes"}, "linear_shapes": pc["linear_shapes"],
             "bytes_per_element": b, "calibration": f"{nsamples} x {seqlen}", "batch": batch,
             "components_gib": comp, "peaks_gib": peaks}  # fmt: skip
@@ -140,7 +142,9 @@ def run(args) -> dict:
     with PeakRSS() as m_build:
         model = AutoModelForCausalLM.from_config(llama_config(hidden, inter, heads, args.blocks, vocab), dtype=dtype).eval()
     blocks = model.model.layers
-    log(f"model built: {sum(p.numel() for p in model.parameters()) / 1e6:.0f} M params, {m_build.seconds:.1f}s, RSS {rss_mb():.0f} MiB")
+    log(
+        f"model built: {sum(p.numel() for p in model.parameters()) / 1e6:.0f} M params, {m_build.seconds:.1f}s, RSS {rss_mb():.0f} MiB"
+    )
     ids = torch.randint(0, vocab, (args.nsamples, args.seqlen), generator=torch.Generator().manual_seed(0))
     spec = PruneSpec("wanda", sparsity=args.sparsity, dsnot=True, preset="official")
     cfg = preset("official")
@@ -156,13 +160,23 @@ def run(args) -> dict:
             if index == 0 and args.hessian_pass:
                 with PeakRSS() as m:
                     hstats = collect_stats(block, linears, inputs, hessian=True)
-                phases.append({"block": index, "phase": "statistics+hessians", "seconds": m.seconds, "peak_rss_mb": m.peak_mb, "delta_mb": m.delta_mb})
+                phases.append(
+                    {
+                        "block": index,
+                        "phase": "statistics+hessians",
+                        "seconds": m.seconds,
+                        "peak_rss_mb": m.peak_mb,
+                        "delta_mb": m.delta_mb,
+                    }
+                )
                 log(f"block {index} statistics with Hessians {m.seconds:.2f}s (+{m.delta_mb:.0f} MiB)")
                 del hstats
                 gc.collect()
             with PeakRSS() as m:
                 stats = collect_stats(block, linears, inputs, hessian=False)
-            phases.append({"block": index, "phase": "statistics", "seconds": m.seconds, "peak_rss_mb": m.peak_mb, "delta_mb": m.delta_mb})
+            phases.append(
+                {"block": index, "phase": "statistics", "seconds": m.seconds, "peak_rss_mb": m.peak_mb, "delta_mb": m.delta_mb}
+            )
             log(f"block {index} statistics {m.seconds:.2f}s")
 
             # DSnoT on the MLP layers: what the paper preset would add (timed, not applied).
@@ -176,7 +190,15 @@ def run(args) -> dict:
                     dsnot(layer.weight.data, stats[name], mask, cfg)
                     mlp_dsnot += time.perf_counter() - t0
                     del mask
-            phases.append({"block": index, "phase": "dsnot_mlp_not_applied", "seconds": mlp_dsnot, "peak_rss_mb": m_mlp.peak_mb, "delta_mb": m_mlp.delta_mb})
+            phases.append(
+                {
+                    "block": index,
+                    "phase": "dsnot_mlp_not_applied",
+                    "seconds": mlp_dsnot,
+                    "peak_rss_mb": m_mlp.peak_mb,
+                    "delta_mb": m_mlp.delta_mb,
+                }
+            )
 
             wanda_s = dsnot_s = 0.0
             per_layer = {}
@@ -189,7 +211,9 @@ def run(args) -> dict:
                     per_layer[name] = {"shape": list(rec.shape), "wanda_s": rec.seconds, "dsnot_s": rec.dsnot_seconds,
                                        "dsnot_applied": rec.dsnot_applied, "peak_delta_mb": ml.delta_mb,
                                        "swaps": rec.swaps, "stops": rec.stop_reasons}  # fmt: skip
-            phases.append({"block": index, "phase": "wanda", "seconds": wanda_s, "peak_rss_mb": m.peak_mb, "delta_mb": m.delta_mb})
+            phases.append(
+                {"block": index, "phase": "wanda", "seconds": wanda_s, "peak_rss_mb": m.peak_mb, "delta_mb": m.delta_mb}
+            )
             phases.append({"block": index, "phase": "dsnot_attention", "seconds": dsnot_s, "peak_rss_mb": m.peak_mb, "delta_mb": m.delta_mb,
                            "layers": per_layer})  # fmt: skip
             log(f"block {index} wanda {wanda_s:.2f}s dsnot(attention) {dsnot_s:.2f}s dsnot(mlp, not applied) {mlp_dsnot:.2f}s")
@@ -197,7 +221,9 @@ def run(args) -> dict:
             gc.collect()
             with PeakRSS() as m:
                 inputs = run_block(block, inputs)
-            phases.append({"block": index, "phase": "re-forward", "seconds": m.seconds, "peak_rss_mb": m.peak_mb, "delta_mb": m.delta_mb})
+            phases.append(
+                {"block": index, "phase": "re-forward", "seconds": m.seconds, "peak_rss_mb": m.peak_mb, "delta_mb": m.delta_mb}
+            )
             log(f"block {index} re-forward {m.seconds:.2f}s")
 
         # DSnoT's own workspace on the largest layer (bytes per weight), fp32.
@@ -249,7 +275,9 @@ def extrapolate(args, measured: dict) -> dict:
     }
     for t in totals.values():
         t["pipeline_wanda_dsnot_official"] = t["capture"] + t["statistics"] + t["wanda"] + t["dsnot_attention"] + t["re-forward"]
-        if "statistics+hessians" in t:  # prune_model's default record_errors=True accumulates Hessians (error metrics not included)
+        if (
+            "statistics+hessians" in t
+        ):  # prune_model's default record_errors=True accumulates Hessians (error metrics not included)
             t["pipeline_with_error_hessians"] = t["pipeline_wanda_dsnot_official"] - t["statistics"] + t["statistics+hessians"]
     return {"per_block_measured_s": per_block, "forward_flop_scale": scale, "token_scale": token_scale,
             "per_block_target_s": target, "totals_s": totals, "blocks": blocks}  # fmt: skip
@@ -272,7 +300,9 @@ def markdown(result: dict) -> str:
         "|---|---|---|---|---|",
     ]
     for p in result["measured"]["phases"]:
-        lines.append(f"| {'' if p['block'] is None else p['block']} | {p['phase']} | {p['seconds']:.2f} | {p['peak_rss_mb']:.0f} | {p['delta_mb']:.0f} |")
+        lines.append(
+            f"| {'' if p['block'] is None else p['block']} | {p['phase']} | {p['seconds']:.2f} | {p['peak_rss_mb']:.0f} | {p['delta_mb']:.0f} |"
+        )
     ws = result["measured"]["dsnot_workspace"]
     lines += [
         "",
@@ -290,7 +320,9 @@ def markdown(result: dict) -> str:
     for k in t:
         lines.append(f"| {k} | {m[k]:.0f} | {t[k]:.0f} |")
     if "dsnot_mlp_not_applied" in m:
-        lines.append(f"| (DSnoT on MLP layers too, paper preset: add) | {m['dsnot_mlp_not_applied']:.0f} | {m['dsnot_mlp_not_applied']:.0f} |")
+        lines.append(
+            f"| (DSnoT on MLP layers too, paper preset: add) | {m['dsnot_mlp_not_applied']:.0f} | {m['dsnot_mlp_not_applied']:.0f} |"
+        )
     w, d = t["wanda"], t["dsnot_attention"]
     lines += [
         "",
@@ -358,7 +390,9 @@ def main(argv=None) -> None:
     measured = run(args)
     ex = extrapolate(args, measured)
     ws = measured["dsnot_workspace"]["bytes_per_weight"]
-    plans = [memory_plan(name, *dims, args.target_nsamples, args.target_seqlen, args.plan_batch, 2, ws) for name, dims in LLAMA.items()]
+    plans = [
+        memory_plan(name, *dims, args.target_nsamples, args.target_seqlen, args.plan_batch, 2, ws) for name, dims in LLAMA.items()
+    ]
     # Sanity check: the arithmetic on the simulated run itself (CPU, its dtype, whole model resident).
     el = 4 if args.dtype == "float32" else 2
     sim = memory_plan("sim", args.hidden, args.intermediate, args.heads, args.blocks, args.vocab, args.nsamples, args.seqlen,

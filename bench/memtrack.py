@@ -35,7 +35,7 @@ class PeakRSS:
             self.peak_mb = max(self.peak_mb, rss_mb())
             time.sleep(self.interval)
 
-    def __enter__(self) -> "PeakRSS":
+    def __enter__(self) -> PeakRSS:
         self.start_mb = self.peak_mb = rss_mb()
         self._stop.clear()
         self._thread = threading.Thread(target=self._run, daemon=True)

@@ -46,16 +46,16 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from memtrack import PeakRSS, rss_mb  # noqa: E402
+from memtrack import PeakRSS  # noqa: E402
 
 from dsnot_lite import data as data_mod  # noqa: E402
-from dsnot_lite.lm.calibration import capture_block_inputs, collect_stats, run_block  # noqa: E402
 from dsnot_lite.core.dsnot import row_output_error  # noqa: E402
+from dsnot_lite.core.pruners import initial_mask  # noqa: E402
+from dsnot_lite.lm.calibration import capture_block_inputs, collect_stats, run_block  # noqa: E402
 from dsnot_lite.lm.evaluation import perplexity, tokenize_test_text  # noqa: E402
 from dsnot_lite.lm.models import convert_bundled, find_linears, load_model  # noqa: E402
-from dsnot_lite.runs.pipeline import PruneSpec, prune_layer  # noqa: E402
-from dsnot_lite.core.pruners import initial_mask  # noqa: E402
 from dsnot_lite.runs.io import atomic_write_text  # noqa: E402
+from dsnot_lite.runs.pipeline import PruneSpec, prune_layer  # noqa: E402
 
 
 def log(msg: str) -> None:
@@ -119,7 +119,10 @@ def profile(args) -> tuple[Phases, dict]:
             linears = find_linears(block)
             stats = ph.run("statistics", lambda: collect_stats(block, linears, inputs, hessian=args.record_errors))
             with PeakRSS() as m:
-                records = [prune_layer(layer, f"{loaded.blocks_path}.{index}.{name}", stats[name], spec) for name, layer in linears.items()]
+                records = [
+                    prune_layer(layer, f"{loaded.blocks_path}.{index}.{name}", stats[name], spec)
+                    for name, layer in linears.items()
+                ]
             dsnot_s = sum(r.dsnot_seconds for r in records)
             prune_s = sum(r.seconds for r in records)
             swaps += sum(r.swaps for r in records)
@@ -194,7 +197,9 @@ def markdown(result: dict) -> str:
         "|---|---|---|---|---|",
     ]
     for r in sorted(rows, key=lambda r: -r["seconds"]):
-        lines.append(f"| {r['phase']} | {r['seconds']:.1f} | {r['seconds'] / total:.0%} | {r['peak_mb']:.0f} | {r['delta_mb']:.0f} |")
+        lines.append(
+            f"| {r['phase']} | {r['seconds']:.1f} | {r['seconds'] / total:.0%} | {r['peak_mb']:.0f} | {r['delta_mb']:.0f} |"
+        )
     lines += ["", f"Total of the phases: {total:.1f} s; process peak RSS (ru_maxrss): {result['ru_maxrss_mb']:.0f} MiB.", ""]
     if result.get("full_eval_estimate_s"):
         lines += [f"The full WikiText-2 test set has {result['total_windows']} windows at this seqlen: about "

@@ -41,16 +41,23 @@ def _add_run(sub) -> None:
     p.add_argument("--refiner", default=None, choices=["dsnot", "exact", "dsnot+exact"], help="refine the initial mask")
     p.add_argument("--dsnot", action="store_true", help="short for --refiner dsnot")
     p.add_argument("--preset", default="official", choices=["official", "paper"], help="DSnoT preset")
-    p.add_argument("--no-weight-update", action="store_true",
-                   help="SparseGPT without a refiner: saliency mask only, no OBS weight update (the refiners' starting point)")
+    p.add_argument(
+        "--no-weight-update",
+        action="store_true",
+        help="SparseGPT without a refiner: saliency mask only, no OBS weight update (the refiners' starting point)",
+    )
     knobs = p.add_argument_group("refiner knobs (each overrides the preset; default: the preset's)")
     knobs.add_argument("--T", type=int, default=None, help="most swaps per row, DSnoT and exact (paper: 50)")
     knobs.add_argument("--eps", type=float, default=None, help="DSnoT: stop a row at |E[Delta]| <= eps (paper: 0.1)")
     knobs.add_argument("--grow", default=None, choices=CRITERIA, help="DSnoT grow criterion (paper Table 7; method: eq2)")
     knobs.add_argument("--prune", default=None, choices=CRITERIA, help="DSnoT prune criterion (paper Table 7; method: eq3)")
     knobs.add_argument("--var-power", type=float, default=None, help="DSnoT: exponent of Var(A) in Eq. 2 (R10: 1)")
-    knobs.add_argument("--var-floor", type=float, default=None, help="DSnoT: Eq. 2 divides by max(Var, var_floor x median Var) (0: off)")
-    knobs.add_argument("--sign-check", default=None, choices=["on", "off"], help="DSnoT, R4/R5: stop a row before its error changes sign")
+    knobs.add_argument(
+        "--var-floor", type=float, default=None, help="DSnoT: Eq. 2 divides by max(Var, var_floor x median Var) (0: off)"
+    )
+    knobs.add_argument(
+        "--sign-check", default=None, choices=["on", "off"], help="DSnoT, R4/R5: stop a row before its error changes sign"
+    )
     knobs.add_argument("--T-width", type=int, default=None, help="DSnoT: scale T to each layer, T x C_in / T_width (e.g. 4096)")
     knobs.add_argument("--shortlist", default=None, help="exact: candidates per side scored in pairs, or 'all' (default 8)")
     p.add_argument("--nsamples", type=int, default=32, help="calibration windows (paper: 128)")
@@ -59,14 +66,22 @@ def _add_run(sub) -> None:
     p.add_argument("--max-windows", type=int, default=None, help="evaluate only the first N windows (quick run)")
     p.add_argument("--eval-split", default="test", choices=["test", "validation"], help="WikiText-2 split scored")
     p.add_argument("--blocks", type=int, default=None, help="prune only the first N decoder blocks")
-    p.add_argument("--attn", default="sdpa", choices=["sdpa", "eager"], help="attention implementation (eager: the reference's numerics)")
+    p.add_argument(
+        "--attn", default="sdpa", choices=["sdpa", "eager"], help="attention implementation (eager: the reference's numerics)"
+    )
     p.add_argument("--batch-size", type=int, default=8, help="calibration windows per block forward")
     p.add_argument("--eval-batch-size", type=int, default=4, help="evaluation windows per forward")
-    p.add_argument("--record-errors", action="store_true", help="record each layer's output error before/after (needs its Gram matrix)")
-    p.add_argument("--tasks", default=None, help="zero-shot tasks, comma-separated (lm-evaluation-harness; offline: wikitext2_lastword)")
+    p.add_argument(
+        "--record-errors", action="store_true", help="record each layer's output error before/after (needs its Gram matrix)"
+    )
+    p.add_argument(
+        "--tasks", default=None, help="zero-shot tasks, comma-separated (lm-evaluation-harness; offline: wikitext2_lastword)"
+    )
     p.add_argument("--tasks-limit", type=int, default=None, help="documents per zero-shot task (default: all)")
     p.add_argument("--device", default="cpu", help="cpu or cuda[:i]; blocks move to it one at a time")
-    p.add_argument("--dtype", default=None, choices=["float32", "float16", "bfloat16"], help="weights (default fp32 on CPU, fp16 on CUDA)")
+    p.add_argument(
+        "--dtype", default=None, choices=["float32", "float16", "bfloat16"], help="weights (default fp32 on CPU, fp16 on CUDA)"
+    )
     p.add_argument("--data-dir", default=None, help="folder laid out like ../shared/data (else $DSNOT_LITE_DATA)")
     p.add_argument("--output", default=None, help="result JSON (default results/<run name>.json)")
     p.add_argument("--results-table", default="results/results.csv", help="CSV table the run's row is appended to")
@@ -90,8 +105,11 @@ def _add_study(sub) -> None:
 
 def _add_figures(sub) -> None:
     p = sub.add_parser("figures", help="paper-style figures and tables from a results table")
-    p.add_argument("--table", default=None, help="results table (CSV) to read (default: the committed study's, "
-                   "studies/refinement-smollm2-135m/results.csv)")
+    p.add_argument(
+        "--table",
+        default=None,
+        help="results table (CSV) to read (default: the committed study's, studies/refinement-smollm2-135m/results.csv)",
+    )
     p.add_argument("--out", default=None, help="folder for the PNG figures and Markdown tables (default: figures/)")
     p.set_defaults(func=cmd_figures)
 

@@ -34,7 +34,7 @@ def load_case(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
     if not path.is_file():
         raise FileNotFoundError(f"no reference file at {path}; the files live in ../shared/reference/official-dsnot/")
     with safe_open(str(path), framework="pt") as f:
-        tensors = {key: f.get_tensor(key) for key in f.keys()}
+        tensors = {key: f.get_tensor(key) for key in f}
         metadata = f.metadata() or {}
     if "params" not in metadata:
         raise ValueError(f"{path} has no 'params' metadata; it is not a reference case file")
@@ -44,9 +44,7 @@ def load_case(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
 def statistics_for_case(calibration_inputs: torch.Tensor) -> dict[str, torch.Tensor]:
     """R1 statistics of (nsamples, seqlen, C_in) inputs, fed one sample per batch as the reference."""
     if calibration_inputs.dim() != 3:
-        raise ValueError(
-            f"calibration_inputs must be (nsamples, seqlen, C_in), got {tuple(calibration_inputs.shape)}"
-        )
+        raise ValueError(f"calibration_inputs must be (nsamples, seqlen, C_in), got {tuple(calibration_inputs.shape)}")
     stats = ChannelStats(calibration_inputs.shape[-1])
     stats.add_batch(calibration_inputs)
     return {key: stats.as_dict()[key] for key in STAT_KEYS}
@@ -90,7 +88,7 @@ def load_e2e(path: str | Path) -> dict[str, torch.Tensor]:
     with safe_open(str(path), framework="pt") as f:
         shapes = json.loads((f.metadata() or {})["shapes"])
         return {k: torch.from_numpy(np.unpackbits(f.get_tensor(k).numpy(), axis=1, count=shapes[k][1]).astype(bool))
-                for k in f.keys()}  # fmt: skip
+                for k in f}  # fmt: skip
 
 
 def zero_patterns(model: torch.nn.Module, names: list[str]) -> dict[str, torch.Tensor]:

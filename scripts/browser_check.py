@@ -191,7 +191,9 @@ def run_check(args) -> int:
             page.wait_for_timeout(1500)
 
             # errors and the notebook's own checks
-            errors = page.locator(".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr']:has-text('Traceback')").count()
+            errors = page.locator(
+                ".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr']:has-text('Traceback')"
+            ).count()
             if errors:
                 failures.append(f"{errors} cell(s) raised an error")
             if not page.locator(".jp-OutputArea-output:has-text('all checks passed')").count():
@@ -233,7 +235,9 @@ def run_check(args) -> int:
                 page.screenshot(path=str(out / "01_page.png"))
                 # live update: type T = 5 into the T slider's readout, wait for a new plot
                 before = image.first.get_attribute("src")
-                t_slider = explorer.locator(".widget-slider:has-text('T (max swaps)'), .jupyter-widget-slider:has-text('T (max swaps)')").first
+                t_slider = explorer.locator(
+                    ".widget-slider:has-text('T (max swaps)'), .jupyter-widget-slider:has-text('T (max swaps)')"
+                ).first
                 readout = t_slider.locator(".widget-readout").first
                 readout.click()
                 page.keyboard.press("Control+A")
@@ -249,19 +253,21 @@ def run_check(args) -> int:
                     status = explorer.locator(".widget-html").nth(1).inner_text()
                     report["status_after_T5"] = status
                     explorer.screenshot(path=str(out / "01_widget_after_T5.png"))
-                except Exception as exc:  # noqa: BLE001 - any timeout here means the widget is not live
+                except Exception as exc:
                     report["live_update"] = False
                     failures.append(f"the widget did not redraw after setting T = 5 ({type(exc).__name__})")
             context.close()
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         log(f"set-up failed: {exc}")
         if page is not None:
             try:
                 page.screenshot(path=str(out / "01_failure.png"))
                 log(f"screenshot of the failure: {out / '01_failure.png'}")
-            except Exception:  # noqa: BLE001
+            except Exception:
                 pass
-        log_text = (scratch / "jupyterlab.log").read_text(errors="replace")[-3000:] if (scratch / "jupyterlab.log").exists() else ""
+        log_text = (
+            (scratch / "jupyterlab.log").read_text(errors="replace")[-3000:] if (scratch / "jupyterlab.log").exists() else ""
+        )
         print(log_text)
         stop(proc)
         shutil.rmtree(scratch, ignore_errors=True)

@@ -61,8 +61,10 @@ def inject_parameters(nb, overrides: list[str]) -> None:
         return
     import nbformat
 
-    idx = next((i for i, c in enumerate(nb.cells)
-                if c.cell_type == "code" and "parameters" in c.get("metadata", {}).get("tags", [])), None)
+    idx = next(
+        (i for i, c in enumerate(nb.cells) if c.cell_type == "code" and "parameters" in c.get("metadata", {}).get("tags", [])),
+        None,
+    )
     if idx is None:
         raise SystemExit("error: the notebook has no cell tagged `parameters`, so -p has nowhere to go")
     cell = nbformat.v4.new_code_cell("# parameters injected by scripts/run_notebooks.py\n" + "\n".join(overrides))
@@ -83,8 +85,13 @@ def execute(path: Path, fast: bool, overrides: list[str] | None = None, cell_tim
     nb = nbformat.read(path, as_version=4)
     inject_parameters(nb, overrides or [])
     with tempfile.TemporaryDirectory(prefix="dsnot-kernel-") as kernel_dir:
-        client = NotebookClient(nb, km=_kernel_manager(Path(kernel_dir), fast), timeout=cell_timeout,
-                                startup_timeout=120, resources={"metadata": {"path": str(path.parent)}})
+        client = NotebookClient(
+            nb,
+            km=_kernel_manager(Path(kernel_dir), fast),
+            timeout=cell_timeout,
+            startup_timeout=120,
+            resources={"metadata": {"path": str(path.parent)}},
+        )
         t0 = time.perf_counter()
         try:
             client.execute()
@@ -102,11 +109,16 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("notebooks", nargs="*", type=Path, help="default: every notebooks/*.ipynb, in order")
     ap.add_argument("--fast", action="store_true", help="set DSNOT_LITE_FAST=1 (the CI setting)")
-    ap.add_argument("-p", "--parameter", action="append", default=[], metavar="NAME=EXPR",
-                    help="a Python assignment run after the parameters cell; repeatable")
+    ap.add_argument(
+        "-p",
+        "--parameter",
+        action="append",
+        default=[],
+        metavar="NAME=EXPR",
+        help="a Python assignment run after the parameters cell; repeatable",
+    )
     ap.add_argument("--out", type=Path, default=ROOT / "results" / "notebooks" / "executed")
-    ap.add_argument("--cell-timeout", type=int, default=None,
-                    help=f"seconds per cell (default {CELL_TIMEOUT_S} fast, 7200 full)")
+    ap.add_argument("--cell-timeout", type=int, default=None, help=f"seconds per cell (default {CELL_TIMEOUT_S} fast, 7200 full)")
     args = ap.parse_args(argv)
 
     paths = args.notebooks or sorted(NB_DIR.glob("*.ipynb"))
@@ -135,9 +147,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {'FAILED: ' + error if error else 'passed'} in {seconds:.1f} s", flush=True)
         # the executed copy is written either way: a failed one shows the traceback in its cell
         atomic_write_text(args.out / f"{path.stem}.{mode}.ipynb", nbformat.writes(nb))
-        timings[f"{path.stem}.{mode}"] = {"notebook": path.name, "mode": mode, "seconds": round(seconds, 1),
-                                          "passed": error is None, "error": error, "parameters": args.parameter,
-                                          "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        timings[f"{path.stem}.{mode}"] = {
+            "notebook": path.name,
+            "mode": mode,
+            "seconds": round(seconds, 1),
+            "passed": error is None,
+            "error": error,
+            "parameters": args.parameter,
+            "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        }
         atomic_write_text(timings_path, json.dumps(timings, indent=1, sort_keys=True) + "\n")
     print(f"{len(paths)} notebook(s), {mode} mode: {total:.1f} s in all, {failed} failed; executed copies in {args.out}")
     return 1 if failed else 0

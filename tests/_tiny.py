@@ -38,8 +38,15 @@ def tiny_config(arch: str):
     if arch == "opt":
         return OPTConfig(ffn_dim=128, word_embed_proj_dim=64, max_position_embeddings=512, **common)
     if arch == "gemma3":  # a sliding-window block then a full-attention one: different masks and RoPE per block
-        return Gemma3TextConfig(intermediate_size=128, num_key_value_heads=1, head_dim=16, sliding_window=8,
-                                layer_types=["sliding_attention", "full_attention"], max_position_embeddings=512, **common)
+        return Gemma3TextConfig(
+            intermediate_size=128,
+            num_key_value_heads=1,
+            head_dim=16,
+            sliding_window=8,
+            layer_types=["sliding_attention", "full_attention"],
+            max_position_embeddings=512,
+            **common,
+        )
     raise ValueError(arch)
 
 

@@ -49,7 +49,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from dsnot_lite.core.dsnot import T_REACHED, NO_CANDIDATES, RUNNING, SIGN_FLIP, THRESHOLD, DSnoTConfig
+from dsnot_lite.core.dsnot import NO_CANDIDATES, RUNNING, SIGN_FLIP, T_REACHED, THRESHOLD, DSnoTConfig
 from dsnot_lite.core.pruners import initial_score
 from dsnot_lite.core.stats import ChannelStats
 
@@ -211,10 +211,21 @@ def dsnot_oracle(
         error = np.float32(errors0[r].item())
         state.append(
             dict(
-                mask=list(pruned0), c=c_row, grow=grow, prune=prune, nm_key=nm_key,
-                gf=0, gb=len(grow.cols) - 1,
-                pf=0, pb=(len(prune.cols) - 1) if prune is not None else -1,
-                error=error, sign0=_sign(error), active=True, swaps=0, stop=RUNNING, log=[],
+                mask=list(pruned0),
+                c=c_row,
+                grow=grow,
+                prune=prune,
+                nm_key=nm_key,
+                gf=0,
+                gb=len(grow.cols) - 1,
+                pf=0,
+                pb=(len(prune.cols) - 1) if prune is not None else -1,
+                error=error,
+                sign0=_sign(error),
+                active=True,
+                swaps=0,
+                stop=RUNNING,
+                log=[],
             )
         )
 

@@ -11,9 +11,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-from _tiny import tiny_model, tiny_tokenizer
-
 from _paths import ROOT
+from _tiny import tiny_model, tiny_tokenizer
 
 from dsnot_lite.cli import main
 
@@ -46,26 +45,37 @@ def _run(argv, tmp_path, capsys):
         (["--method", "wanda"], r"needs --sparsity or --nm"),
         (["--method", "dense", "--dsnot"], r"a refiner improves a pruned mask, but method is dense"),
         (["--method", "obs", "--sparsity", "0.5"], r"invalid choice: 'obs'.*python -m dsnot_lite run --help"),
-        (["--method", "wanda", "--sparsity", "0.5", "--data-dir", "/nonexistent/data"], r"data folder '/nonexistent/data' \(from --data-dir\) does not exist"),
+        (
+            ["--method", "wanda", "--sparsity", "0.5", "--data-dir", "/nonexistent/data"],
+            r"data folder '/nonexistent/data' \(from --data-dir\) does not exist",
+        ),
         (["--method", "wanda", "--sparsity", "0.5", "--max-windows", "0"], r"max_windows must be >= 1"),
         (["--method", "wanda", "--sparsity", "0.5", "--device", "tpu"], r"device 'tpu' is not supported"),
-        (["--method", "wanda", "--sparsity", "0.5", "--no-weight-update"], r"weight_update=False \(--no-weight-update\) only applies"),
+        (
+            ["--method", "wanda", "--sparsity", "0.5", "--no-weight-update"],
+            r"weight_update=False \(--no-weight-update\) only applies",
+        ),
         (["--model", "/nonexistent/model", "--method", "wanda", "--sparsity", "0.5", "--no-table"], r"does not exist"),
-        (["--method", "wanda", "--sparsity", "0.5", "--T", "100", "--grow", "wanda"],
-         r"DSnoT options \(--grow\) given without --refiner dsnot"),
+        (
+            ["--method", "wanda", "--sparsity", "0.5", "--T", "100", "--grow", "wanda"],
+            r"DSnoT options \(--grow\) given without --refiner dsnot",
+        ),
         (["--method", "wanda", "--sparsity", "0.5", "--T", "100"], r"--T sets the refiners' swaps per row, but no refiner"),
         (["--method", "wanda", "--sparsity", "0.5", "--dsnot", "--eps", "-1"], r"eps must be a number >= 0"),
         (["--method", "wanda", "--sparsity", "0.5", "--dsnot", "--prune", "random"], r"invalid choice: 'random'"),
         (["--method", "wanda", "--sparsity", "0.5", "--shortlist", "8"], r"--shortlist is an option of the exact refiner"),
         (["--method", "wanda", "--sparsity", "0.5", "--refiner", "exact", "--shortlist", "x"], r"--shortlist 'x' must be"),
         (["--method", "wanda", "--sparsity", "0.5", "--refiner", "exact", "--dsnot"], r"--dsnot means --refiner dsnot"),
-        (["--method", "wanda", "--sparsity", "0.5", "--bogus"], r"unrecognized arguments: --bogus; fix: see `python -m dsnot_lite run --help`"),
+        (
+            ["--method", "wanda", "--sparsity", "0.5", "--bogus"],
+            r"unrecognized arguments: --bogus; fix: see `python -m dsnot_lite run --help`",
+        ),
     ],
 )
 def test_bad_input_is_one_line_exit_2_and_no_files(argv, message, tmp_path, capsys):
     import re
 
-    code, err, out, table = _run(argv, tmp_path, capsys)
+    code, err, _out, _table = _run(argv, tmp_path, capsys)
     assert code == 2
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and "fix" in lines[0], err
@@ -86,7 +96,10 @@ def test_refiner_knobs_override_the_preset_and_name_the_output():
     got = spec.dsnot_config
     assert {k: getattr(got, k) for k in want} == want
     assert (got.prune, got.statistics, got.layers) == (preset("paper").prune, "true", "all")  # the rest: the preset's
-    assert spec.name() == "smollm2-135m-wanda-dsnot-paper-T200-eps0.01-var_power-2-var_floor-0.1-sign_check-off-grow-wanda-T_width4096-s60"
+    assert (
+        spec.name()
+        == "smollm2-135m-wanda-dsnot-paper-T200-eps0.01-var_power-2-var_floor-0.1-sign_check-off-grow-wanda-T_width4096-s60"
+    )
     plain = run_spec(build_parser().parse_args(argv[:8]))
     assert plain.dsnot is None and plain.name() == "smollm2-135m-wanda-dsnot-paper-s60"
     exact = run_spec(build_parser().parse_args(["run", "--method", "magnitude", "--nm", "2:4", "--refiner", "dsnot+exact",
@@ -145,7 +158,11 @@ def test_tiny_run_writes_json_table_and_model(tiny_folder, tmp_path, capsys):
                 "max_windows", "nsamples", "seed", "seconds", "peak_memory_mb", "layers", "window_nll", "key", "name"):  # fmt: skip
         assert key in result, key
     assert (result["method"], result["refiner"], result["preset"], result["sparsity"], result["nm"]) == (
-        "wanda", "dsnot", "official", 0.5, None,
+        "wanda",
+        "dsnot",
+        "official",
+        0.5,
+        None,
     )
     assert result["dsnot"]["T"] == 50 and result["exact"] is None and len(result["window_nll"]) == 3
     assert (result["windows"], result["max_windows"], result["nsamples"], result["seqlen"]) == (3, 3, 4, 32)

@@ -33,8 +33,7 @@ if NOTEBOOKS:
     PARAMS = [pytest.param(p, id=p.stem) for p in NOTEBOOKS]
 else:
     # parametrize over an empty list would silently collect nothing; say why instead.
-    PARAMS = [pytest.param(None, id="no-notebooks",
-                           marks=pytest.mark.skip(reason="no notebooks/*.ipynb in the repository yet"))]
+    PARAMS = [pytest.param(None, id="no-notebooks", marks=pytest.mark.skip(reason="no notebooks/*.ipynb in the repository yet"))]
 
 
 def _load_strip_module():
@@ -56,12 +55,14 @@ def test_stored_clean(path):
 
 @pytest.mark.parametrize("path", PARAMS)
 def test_has_fast_parameters_cell(path):
-    cells = [c for c in _read(path)["cells"]
-             if c["cell_type"] == "code" and "parameters" in c.get("metadata", {}).get("tags", [])]
+    cells = [
+        c for c in _read(path)["cells"] if c["cell_type"] == "code" and "parameters" in c.get("metadata", {}).get("tags", [])
+    ]
     assert cells, f"{path.name} has no code cell tagged `parameters` (papermill style) holding the FAST switch"
     src = "".join("".join(c["source"]) if isinstance(c["source"], list) else c["source"] for c in cells)
     assert "DSNOT_LITE_FAST" in src, (
-        f"{path.name}: the `parameters` cell does not read DSNOT_LITE_FAST, so CI would run it in full mode")
+        f"{path.name}: the `parameters` cell does not read DSNOT_LITE_FAST, so CI would run it in full mode"
+    )
 
 
 def _load_runner_module():
@@ -79,8 +80,11 @@ def test_executes_in_fast_mode(path, monkeypatch):
     assert error is None, f"{path.name} failed in fast mode: {error}"
     print(f"{path.name}: executed in fast mode in {elapsed:.1f} s")
     # nbclient skips empty code cells and cells tagged skip-execution; every other one must have run.
-    runnable = [c for c in nb.cells if c.cell_type == "code" and c.source.strip()
-                and "skip-execution" not in c.get("metadata", {}).get("tags", [])]
+    runnable = [
+        c
+        for c in nb.cells
+        if c.cell_type == "code" and c.source.strip() and "skip-execution" not in c.get("metadata", {}).get("tags", [])
+    ]
     n_code = len(runnable)
     n_run = sum(c.get("execution_count") is not None for c in runnable)
     assert n_run == n_code, f"{path.name}: only {n_run} of {n_code} code cells were executed"

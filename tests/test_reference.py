@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from _paths import REFERENCE_DIR
 
 from dsnot_lite.reference import STAT_KEYS, load_case, masks_for_case, statistics_for_case
 
-from _paths import REFERENCE_DIR
 CASES = sorted(REFERENCE_DIR.glob("*.safetensors"))
 
 

@@ -63,9 +63,7 @@ def check_nm(nm: NM | None, in_features: int) -> None:
     if not 0 < n < m:
         raise ValueError(f"N:M needs 0 < N < M, got {n}:{m}; e.g. 2:4 prunes 2 of every 4 weights")
     if in_features % m:
-        raise ValueError(
-            f"C_in = {in_features} is not divisible by M = {m}; choose an M that divides the layer's input size"
-        )
+        raise ValueError(f"C_in = {in_features} is not divisible by M = {m}; choose an M that divides the layer's input size")
 
 
 def check_mask(mask: torch.Tensor, weight: torch.Tensor) -> None:
@@ -82,9 +80,7 @@ def check_mask(mask: torch.Tensor, weight: torch.Tensor) -> None:
 def check_hessian(hessian: torch.Tensor | None, in_features: int) -> torch.Tensor:
     """A (C_in, C_in) finite Hessian, as SparseGPT accumulates it."""
     if hessian is None:
-        raise ValueError(
-            "SparseGPT needs the layer Hessian; build the statistics with ChannelStats(..., hessian=True)"
-        )
+        raise ValueError("SparseGPT needs the layer Hessian; build the statistics with ChannelStats(..., hessian=True)")
     if tuple(hessian.shape) != (in_features, in_features):
         raise ValueError(
             f"hessian has shape {tuple(hessian.shape)}, expected ({in_features}, {in_features}); "

@@ -132,9 +132,7 @@ class DSnoTConfig:
 
 PRESETS: dict[str, DSnoTConfig] = {
     "official": DSnoTConfig(),
-    "paper": DSnoTConfig(
-        sign_check=True, nm_prune="eq3", statistics="true", layers="all", reference_quirks=False
-    ),
+    "paper": DSnoTConfig(sign_check=True, nm_prune="eq3", statistics="true", layers="all", reference_quirks=False),
 }
 
 
@@ -211,7 +209,9 @@ def dsnot(
     if nm is None:
         prune = Pointers(_prune_list(cfg, pruned, contribution, variance, wanda, w), strict=not rules.loose_pointers)
     else:
-        prune = _BlockPrune(cfg, nm[1], _nm_prune_key(cfg, w, stats, initial_method, contribution, variance, wanda, pruned), contribution)
+        prune = _BlockPrune(
+            cfg, nm[1], _nm_prune_key(cfg, w, stats, initial_method, contribution, variance, wanda, pruned), contribution
+        )
     sign_check = rules.sign_check(cfg.sign_check, nm is not None)
 
     active = torch.ones(rows, 1, dtype=torch.bool, device=w.device)

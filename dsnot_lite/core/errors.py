@@ -70,13 +70,13 @@ class ErrorParts:
 
 
 def error_parts(delta: torch.Tensor, weight: torch.Tensor, gram: torch.Tensor, mean: torch.Tensor, ntokens: int) -> ErrorParts:
-    """Split ``||delta X||_F^2`` into ``N ||delta mu||^2`` and the rest, in float64.
+    """Split ``||delta X||_F^2`` into ``N ||delta mu||^2`` and the rest (float32 products, float64 sums).
 
     ``gram`` must be ``sum_t x_t x_t^T`` over the ``ntokens`` tokens whose mean is ``mean``
     (``ChannelStats.gram``).
     """
     check_gram(gram, weight.shape[1])
-    g, d, w = gram.double(), delta.double(), weight.double()
-    total = float(((d @ g) * d).sum())
-    mean_part = float(ntokens * ((d @ mean.double()) ** 2).sum())
-    return ErrorParts(total=max(total, 0.0), mean=min(mean_part, max(total, 0.0)), dense=float(((w @ g) * w).sum()))
+    g, d, w = gram.float().to(delta.device), delta.float(), weight.float()
+    total = float(((d @ g) * d).double().sum())
+    mean_part = float(ntokens * ((d @ mean.float().to(d.device)).double() ** 2).sum())
+    return ErrorParts(total=max(total, 0.0), mean=min(mean_part, max(total, 0.0)), dense=float(((w @ g) * w).double().sum()))

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import torch
 
-from .stats import ChannelStats
 from .checks import NM, check_hessian, check_nm, check_sparsity, check_weight
+from .stats import ChannelStats
 
 METHODS = ("magnitude", "wanda", "sparsegpt")
 
@@ -58,9 +58,7 @@ def sparsegpt_score(weight: torch.Tensor, hessian: torch.Tensor, percdamp: float
     return w**2 / diag.reshape(1, -1) ** 2
 
 
-def mask_from_score(
-    score: torch.Tensor, sparsity: float, nm: NM | None = None, nm_ties: str = "topk"
-) -> torch.Tensor:
+def mask_from_score(score: torch.Tensor, sparsity: float, nm: NM | None = None, nm_ties: str = "topk") -> torch.Tensor:
     """Prune the lowest scores: per row (R7) for unstructured, per M-block for N:M.
 
     ``nm_ties`` picks how equal scores inside a block are broken, because the reference code is
@@ -151,7 +149,7 @@ def sparsegpt_prune(
     check_nm(nm, weight.shape[1])
     check_hessian(hessian, weight.shape[1])
     w = weight.float().clone()
-    rows, cols = w.shape
+    _rows, cols = w.shape
     h = hessian.float().to(w.device).clone()
     dead = torch.diag(h) == 0
     idx = torch.arange(cols, device=w.device)

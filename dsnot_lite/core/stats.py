@@ -30,7 +30,7 @@ class ChannelStats:
         if not isinstance(in_features, int) or in_features <= 0:
             raise ValueError(f"in_features must be a positive int, got {in_features!r}")
         self.in_features = in_features
-        zeros = lambda: torch.zeros(in_features, dtype=torch.float32, device=device)  # noqa: E731
+        zeros = lambda: torch.zeros(in_features, dtype=torch.float32, device=device)
         self.sum_metric_row = zeros()
         self.scaler_row = zeros()
         self.var = zeros()
@@ -38,9 +38,7 @@ class ChannelStats:
         self._sq_dev = zeros()  # sum of squared deviations from the running mean (Chan et al.)
         self.nsamples = 0
         self.ntokens = 0
-        self.hessian = (
-            torch.zeros(in_features, in_features, dtype=torch.float32, device=device) if hessian else None
-        )
+        self.hessian = torch.zeros(in_features, in_features, dtype=torch.float32, device=device) if hessian else None
 
     @property
     def gram(self) -> torch.Tensor | None:
@@ -74,9 +72,7 @@ class ChannelStats:
         if self.hessian is not None:
             self._add_hessian(x)
 
-    def _add_sample(
-        self, tokens: int, mean: torch.Tensor, var: torch.Tensor, sq_norm: torch.Tensor, total: torch.Tensor
-    ) -> None:
+    def _add_sample(self, tokens: int, mean: torch.Tensor, var: torch.Tensor, sq_norm: torch.Tensor, total: torch.Tensor) -> None:
         """R1 running update with one sample's per-channel mean, variance, squared norm and sum."""
         if self.ntokens == 0:
             self.var = var
@@ -113,7 +109,7 @@ class ChannelStats:
         return self.var if _check_flavour(flavour) == "official" else self.pooled_var
 
     @classmethod
-    def from_tensors(cls, tensors: dict[str, torch.Tensor]) -> "ChannelStats":
+    def from_tensors(cls, tensors: dict[str, torch.Tensor]) -> ChannelStats:
         """Rebuild a statistics object from stored vectors (the reference files' format).
 
         Only the official vectors are required; ``mean`` is used when present, and the pooled

@@ -16,6 +16,7 @@ checkpoints, not the original bf16 weights.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import importlib.metadata
@@ -65,10 +66,8 @@ def _locate(dist: str, package: str, filename: str, install: str) -> Path:
     spec = importlib.util.find_spec(package)
     if spec is not None and spec.submodule_search_locations:
         candidates += [Path(p) / sub / filename for p in spec.submodule_search_locations for sub in ("", "data")]
-    try:
+    with contextlib.suppress(importlib.metadata.PackageNotFoundError):
         candidates += [Path(str(f.locate())) for f in importlib.metadata.distribution(dist).files or [] if f.name == filename]
-    except importlib.metadata.PackageNotFoundError:
-        pass
     for candidate in candidates:
         if candidate.is_file():
             return candidate

@@ -10,6 +10,7 @@ unchanged, so the model's own code builds each block's arguments and no block co
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 
 import torch
@@ -109,10 +110,8 @@ def capture_block_inputs(
     try:
         with torch.inference_mode():
             for start in range(0, input_ids.shape[0], batch_size):
-                try:
+                with contextlib.suppress(_StopForward):
                     model(input_ids=input_ids[start : start + batch_size].to(device), use_cache=False)
-                except _StopForward:
-                    pass
     finally:
         for i, block in enumerate(originals):
             blocks[i] = block

@@ -85,9 +85,7 @@ def wikitext_rows(split: str = "test", data_dir: str | os.PathLike | None = None
     """WikiText-2 raw v1 rows of ``split`` (``test`` or ``validation``), in order."""
     if split not in WIKITEXT_FILES:
         raise ValueError(f"unknown WikiText-2 split {split!r}; fix: use one of {sorted(WIKITEXT_FILES)}")
-    return _load_texts(
-        resolve_data_dir(data_dir), WIKITEXT_FILES[split], ("wikitext", "wikitext-2-raw-v1"), {"split": split}
-    )
+    return _load_texts(resolve_data_dir(data_dir), WIKITEXT_FILES[split], ("wikitext", "wikitext-2-raw-v1"), {"split": split})
 
 
 def c4_documents(data_dir: str | os.PathLike | None = None) -> list[str]:

@@ -26,6 +26,7 @@ from torch import nn
 
 from dsnot_lite.lm.bundled import BUNDLED_MODELS, convert_bundled
 
+
 @dataclass
 class LoadedModel:
     """A causal LM, its tokenizer and where its decoder blocks live."""
@@ -82,9 +83,8 @@ def resolve_source(model: str) -> str:
 def find_blocks(model: nn.Module) -> str:
     """Dotted path of the first ``nn.ModuleList`` whose entries all contain ``nn.Linear`` layers."""
     for path, module in model.named_modules():
-        if isinstance(module, nn.ModuleList) and len(module) > 0:
-            if all(any(isinstance(m, nn.Linear) for m in block.modules()) for block in module):
-                return path
+        if isinstance(module, nn.ModuleList) and len(module) > 0 and all(any(isinstance(m, nn.Linear) for m in block.modules()) for block in module):
+            return path
     raise ValueError(
         f"unsupported architecture {type(model).__name__}: no list of decoder blocks built from nn.Linear "
         f"layers was found (GPT-2 style Conv1D layers are not supported); fix: use a LLaMA, Mistral, "

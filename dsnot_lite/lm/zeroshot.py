@@ -36,7 +36,9 @@ def check_tasks(tasks, data_dir=None) -> None:
         from dsnot_lite.lm.data import resolve_data_dir
 
         if resolve_data_dir(data_dir) is None:
-            raise FileNotFoundError("wikitext2_lastword needs the local data folder; fix: pass --data-dir or set $DSNOT_LITE_DATA")
+            raise FileNotFoundError(
+                "wikitext2_lastword needs the local data folder; fix: pass --data-dir or set $DSNOT_LITE_DATA"
+            )
 
 
 def zero_shot(loaded, tasks, limit: int | None = None, data_dir=None, device="cpu", batch_size: int = 8) -> dict:

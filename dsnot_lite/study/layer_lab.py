@@ -150,7 +150,9 @@ def _compute(layer: Layer, params: LayerParams) -> LayerRun:
     mask, swaps = mask0, 0
     for refiner in params.refiner.split("+"):
         if refiner == "dsnot":
-            result = dsnot_result = dsnot(layer.weight, layer.stats, mask, cfg, params.nm, initial_method=params.method, trace=True)
+            result = dsnot_result = dsnot(
+                layer.weight, layer.stats, mask, cfg, params.nm, initial_method=params.method, trace=True
+            )
         else:
             result = exact_refine(layer.weight, layer.gram, mask, params.exact_config(), params.nm, trace=True)
         mask, swaps = result.mask, swaps + int(result.swaps.sum())

@@ -5,7 +5,16 @@ from __future__ import annotations
 import math
 
 from dsnot_lite.study.style import (
-    AFTER, BEFORE, DIVERGING_CMAP, OKABE_ITO, PALETTE, SEQUENTIAL_CMAP, STOP_LABELS, log_axis, new_figure, own,
+    AFTER,
+    BEFORE,
+    DIVERGING_CMAP,
+    OKABE_ITO,
+    PALETTE,
+    SEQUENTIAL_CMAP,
+    STOP_LABELS,
+    log_axis,
+    new_figure,
+    own,
 )  # fmt: skip
 
 
@@ -123,7 +132,7 @@ def layer_dashboard(run, row: int | None = None, rows=None):
     fig, axes = new_figure(2, 2, size=(11.0, 7.4))
     rows = list(rows) if rows is not None else rows_by_initial_error(run, 4)
     if row is not None and row not in rows:
-        rows = [row] + rows[:3]
+        rows = [row, *rows[:3]]
     convergence(run, rows, axes[0, 0], highlight=row)
     output_error_scatter(run, axes[0, 1], highlight=row)
     flip_histogram(run, axes[1, 0])

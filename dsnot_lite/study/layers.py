@@ -27,6 +27,7 @@ BUNDLED = "smollm2-135m"
 
 def _cached(maxsize: int):
     """``functools.lru_cache`` keyed on the *bound* arguments, so ``f()`` and ``f(default)`` share an entry."""
+
     def wrap(fn):
         sig = inspect.signature(fn)
         inner = functools.lru_cache(maxsize=maxsize)(fn)
@@ -42,8 +43,6 @@ def _cached(maxsize: int):
         return call
 
     return wrap
-
-
 
 
 @dataclass(eq=False)
@@ -159,7 +158,13 @@ def restore_dense(loaded, snapshot: dict) -> None:
 
 @_cached(maxsize=8)
 def calibration_ids(
-    model: str, nsamples: int, seqlen: int, seed: int = 0, data_dir: str | None = None, device: str = "cpu", dtype: str | None = None
+    model: str,
+    nsamples: int,
+    seqlen: int,
+    seed: int = 0,
+    data_dir: str | None = None,
+    device: str = "cpu",
+    dtype: str | None = None,
 ) -> torch.Tensor:
     """Wanda-style C4 calibration windows (``data.calibration_windows``), cached."""
     from dsnot_lite.lm import data

@@ -28,6 +28,8 @@ PAPER_TABLE7 = {  # LLaMA-7B, Wanda init, 60%: prune criterion -> grow criterion
     "eq2": {"wanda": "11.24", "eq3": "10.61", "eq2": "10.84"},
     "eq3": {"wanda": "10.52", "eq3": "10.37", "eq2": "10.22"},
 }
+
+
 # The prune=Wanda row of Table 7 has two values (10.72, 10.49) whose columns the source leaves
 # unclear (spec section 4), so it is left out of the grid.
 def paper_table7_frame():
@@ -57,7 +59,9 @@ def compare_with_paper(results, sparsity: float = 0.6):
         line = {"run": r["label"], "ours": r["ppl"]}
         for model in ("LLaMA-1 7B", "LLaMA-2 7B"):
             quoted = PAPER_TABLE1[model].get(key)
-            line[f"paper: {model}"] = quoted if quoted is not None and (key == "dense" or r.get("preset") in (None, "official")) else "–"
+            line[f"paper: {model}"] = (
+                quoted if quoted is not None and (key == "dense" or r.get("preset") in (None, "official")) else "–"
+            )
         lines.append(line)
     return pd.DataFrame(lines)
 

@@ -16,7 +16,13 @@ from pathlib import Path
 from dsnot_lite.study.layer_plots import criterion_heatmap
 from dsnot_lite.study.model_plots import flips_per_layer, layer_error_change, layer_errors
 from dsnot_lite.study.paper import (
-    METHOD_ORDER, PAPER_NM_LLAMA1, PAPER_SOURCE, PAPER_SPARSITY_LLAMA1, PAPER_TABLE1, SPARSEGPT_NOTE, paper_table7_frame,
+    METHOD_ORDER,
+    PAPER_NM_LLAMA1,
+    PAPER_SOURCE,
+    PAPER_SPARSITY_LLAMA1,
+    PAPER_TABLE1,
+    SPARSEGPT_NOTE,
+    paper_table7_frame,
 )  # fmt: skip
 from dsnot_lite.study.style import AFTER, BEFORE, PALETTE, log_axis, new_figure, room_above_bars, save_figure, save_text
 
@@ -66,6 +72,7 @@ def protocol_rows(frame):
     pruned = test[test["method"] != "dense"]
     if pruned.empty:
         return test
+
     def setting(frame, columns) -> list[tuple]:
         return [tuple(str(v) for v in row) for row in frame[list(columns)].astype(object).itertuples(index=False)]
 
@@ -293,7 +300,9 @@ def zero_shot_table(frame) -> str | None:
         cells = [f"{100 * a:.2f}" if a is not None else "–" for a in accs]
         mean = f"{100 * sum(a for a in accs if a is not None) / max(1, sum(a is not None for a in accs)):.2f}"
         label = r["method"] if r["refiner"] is None else f"{r['method']} + {r['refiner']}"
-        lines.append(f"| {r['model']} | {label} | {r['nm'] or format(r['sparsity'], '.0%')} | " + " | ".join(cells) + f" | {mean} |")
+        lines.append(
+            f"| {r['model']} | {label} | {r['nm'] or format(r['sparsity'], '.0%')} | " + " | ".join(cells) + f" | {mean} |"
+        )
     lines += ["", "Accuracy in %. `wikitext2_lastword` is a local smoke task (the last word of WikiText-2 validation "
               "paragraphs), not a benchmark; the paper's Table 6 tasks (BoolQ, RTE, HellaSwag, WinoGrande, ARC, OBQA) "
               "need the hub: `--tasks boolq,rte,hellaswag,winogrande,arc_easy,arc_challenge,openbookqa` online."]  # fmt: skip

@@ -98,7 +98,7 @@ def _headline(headline: dict[str, list[dict]], tuned: str | None) -> list[str]:
             diff = paired_difference(headline[a], headline[b])
             verdict = ("B better" if diff.mean < 0 else "A better") if diff.decided else "undecided"
             lines.append(f"- {b} vs {a}: {diff.text()}; {verdict} over {diff.windows} windows")
-    return lines + [""]
+    return [*lines, ""]
 
 
 def _pairable(a: list[dict], b: list[dict]) -> bool:
@@ -154,7 +154,7 @@ def _criteria(criteria: dict[str, dict]) -> list[str]:
              "| prune \\ grow | " + " | ".join(crit) + " |", "|---|" + "---|" * len(crit)]  # fmt: skip
     for p in crit:
         lines.append(f"| {p} | " + " | ".join(_fmt(criteria.get(f"grow {g} / prune {p}", {}).get("ppl")) for g in crit) + " |")
-    return lines + ["", "The method's pair is grow eq2 / prune eq3.", ""]
+    return [*lines, "", "The method's pair is grow eq2 / prune eq3.", ""]
 
 
 def _floor(floor: dict[str, dict]) -> list[str]:
@@ -177,8 +177,14 @@ def _layers(grid: dict[str, dict], headline: dict[str, list[dict]]) -> list[str]
     mean part's share of the start error (what DSnoT's criteria can see)."""
     from dsnot_lite.study.model_lab import layer_frame
 
-    runs = {name: headline.get(label, [None])[0] for name, label in
-            (("DSnoT official", "wanda + DSnoT (official)"), ("DSnoT tuned", "wanda + DSnoT (tuned)"), ("exact", "wanda + exact"))}
+    runs = {
+        name: headline.get(label, [None])[0]
+        for name, label in (
+            ("DSnoT official", "wanda + DSnoT (official)"),
+            ("DSnoT tuned", "wanda + DSnoT (tuned)"),
+            ("exact", "wanda + exact"),
+        )
+    }
     runs = {k: v for k, v in runs.items() if v and v["layers"] and v["layers"][0].get("error_initial") is not None}
     if not runs:
         return []
@@ -197,9 +203,12 @@ def _layers(grid: dict[str, dict], headline: dict[str, list[dict]]) -> list[str]
         cells = [f"{base['error_initial'].mean():.4f}", f"{base['mean_share_initial'].mean():.3f}"]
         for frame in frames.values():
             f = frame[frame["type"] == t]
-            cells += [f"{f['error_final'].mean():.4f}", f"{int((f['error_final'] > f['error_initial'] * (1 + 1e-9)).sum())}/{len(f)}"]
+            cells += [
+                f"{f['error_final'].mean():.4f}",
+                f"{int((f['error_final'] > f['error_initial'] * (1 + 1e-9)).sum())}/{len(f)}",
+            ]
         lines.append(f"| {t} | " + " | ".join(cells) + " |")
-    return lines + [""]
+    return [*lines, ""]
 
 
 def _costs(headline: dict[str, list[dict]]) -> list[str]:
@@ -211,12 +220,16 @@ def _costs(headline: dict[str, list[dict]]) -> list[str]:
             continue
         med = {k: statistics.median(r["seconds"].get(k, 0.0) for r in runs) for k in ("statistics", "prune", "refine", "eval")}
         total = med["statistics"] + med["prune"] + med["refine"]
-        lines.append(f"| {label} | {med['statistics']:.1f} | {med['prune']:.1f} | {med['refine']:.1f} | {total:.1f} | {med['eval']:.1f} |")
-    return lines + ["", "Statistics include each layer's Gram matrix (every study run records per-layer errors).", ""]
+        lines.append(
+            f"| {label} | {med['statistics']:.1f} | {med['prune']:.1f} | {med['refine']:.1f} | {total:.1f} | {med['eval']:.1f} |"
+        )
+    return [*lines, "", "Statistics include each layer's Gram matrix (every study run records per-layer errors).", ""]
 
 
 def _results_table(stages: dict[str, dict[str, dict]], path: Path) -> Path:
-    rows = [{"stage": stage, "label": label, **schema.table_row(r)} for stage, runs in stages.items() for label, r in runs.items()]
+    rows = [
+        {"stage": stage, "label": label, **schema.table_row(r)} for stage, runs in stages.items() for label, r in runs.items()
+    ]
     return io.write_rows(rows, path, ("stage", "label", *schema.TABLE_COLUMNS))
 
 
@@ -253,7 +266,14 @@ def _grid_figure(grid: dict[str, dict]):
                     xs.append(100 * float(level))
                     ys.append(r["ppl"])
             if xs:
-                ax.plot(xs, ys, marker="o", color=PALETTE[i % len(PALETTE)], ls="--" if name in ("none", "per-row start") else "-", label=name)
+                ax.plot(
+                    xs,
+                    ys,
+                    marker="o",
+                    color=PALETTE[i % len(PALETTE)],
+                    ls="--" if name in ("none", "per-row start") else "-",
+                    label=name,
+                )
         log_axis(ax)
         ax.set_xlabel("sparsity (% of weights pruned)")
         ax.set_ylabel("WikiText-2 perplexity (log scale)")

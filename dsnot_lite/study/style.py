@@ -30,7 +30,9 @@ OKABE_ITO = {
     "black": "#000000",
 }
 # Yellow last: it has the least contrast on white.
-PALETTE = [OKABE_ITO[k] for k in ("blue", "orange", "bluish green", "vermillion", "reddish purple", "sky blue", "black", "yellow")]
+PALETTE = [
+    OKABE_ITO[k] for k in ("blue", "orange", "bluish green", "vermillion", "reddish purple", "sky blue", "black", "yellow")
+]
 BEFORE, AFTER = OKABE_ITO["orange"], OKABE_ITO["blue"]
 DPI = 110
 SEQUENTIAL_CMAP = "viridis"

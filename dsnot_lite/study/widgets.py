@@ -30,6 +30,8 @@ NM_OPTIONS = {"unstructured": None, "2:4": (2, 4), "4:8": (4, 8)}
 
 def _key(mapping: dict, value) -> str:
     return next(k for k, v in mapping.items() if v == value)
+
+
 _STYLE = {"description_width": "110px"}
 _LAYOUT = W.Layout(width="330px")
 
@@ -58,7 +60,9 @@ class LayerExplorer:
         self.controls = {
             "sparsity": _slider(W.FloatSlider, "sparsity", value=p.sparsity, min=0.1, max=0.9, step=0.05, readout_format=".0%"),
             "T": _slider(W.IntSlider, "T (max swaps)", value=p.T, min=0, max=100, step=1),
-            "eps": _slider(W.FloatLogSlider, "ε (threshold)", value=p.eps, base=10, min=-3, max=2, step=0.25, readout_format=".3g"),
+            "eps": _slider(
+                W.FloatLogSlider, "ε (threshold)", value=p.eps, base=10, min=-3, max=2, step=0.25, readout_format=".3g"
+            ),
             "grow": _dropdown("grow criterion", list(GROW_CRITERIA), p.grow),
             "prune": _dropdown("prune criterion", list(PRUNE_CRITERIA), p.prune),
             "sign_check": _dropdown("sign check", list(SIGN_CHECK_OPTIONS), _key(SIGN_CHECK_OPTIONS, p.sign_check)),
@@ -129,7 +133,11 @@ class LayerExplorer:
         self.status.value = (
             f"mean |E[Δ]| <b>{s['mean_abs_error_before']:.3g} → {s['mean_abs_error_after']:.3g}</b> · "
             f"relative output error {s['rel_output_error_before']:.4f} → <b>{s['rel_output_error_after']:.4f}</b>"
-            + (f" (held out {s['heldout_rel_error_before']:.4f} → {s['heldout_rel_error_after']:.4f})" if s["heldout_rel_error_after"] is not None else "")
+            + (
+                f" (held out {s['heldout_rel_error_before']:.4f} → {s['heldout_rel_error_after']:.4f})"
+                if s["heldout_rel_error_after"] is not None
+                else ""
+            )
             + f" · {s['flips']} flips in {s['rows_changed']} rows · sparsity {s['sparsity_after']:.4f}"
             f" · row {row}: E[Δ] {float(run.expected_error_before[row]):.3g} → {float(run.expected_error_after[row]):.3g},"
             f" output error {float(run.output_error_before[row]):.3g} → {float(run.output_error_after[row]):.3g}"

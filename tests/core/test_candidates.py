@@ -25,8 +25,12 @@ def _stable_order(values: torch.Tensor, valid: torch.Tensor) -> list[list[int]]:
 
 @settings(max_examples=80, deadline=None)
 @given(
-    rows=st.integers(1, 8), cols=st.integers(1, 70), k=st.integers(1, 40),
-    seed=st.integers(0, 9999), ties=st.booleans(), density=st.sampled_from([0.2, 0.6, 1.0]),
+    rows=st.integers(1, 8),
+    cols=st.integers(1, 70),
+    k=st.integers(1, 40),
+    seed=st.integers(0, 9999),
+    ties=st.booleans(),
+    density=st.sampled_from([0.2, 0.6, 1.0]),
 )
 def test_ascending_ends_match_stable_sort(rows, cols, k, seed, ties, density):
     values = _values(rows, cols, seed, ties)
@@ -42,15 +46,28 @@ def test_ascending_ends_match_stable_sort(rows, cols, k, seed, ties, density):
 
 
 @settings(max_examples=60, deadline=None)
-@given(rows=st.integers(1, 6), cols=st.integers(2, 60), k=st.integers(1, 30), seed=st.integers(0, 9999),
-       ties=st.booleans(), negatives_ascending=st.booleans(), segments_only=st.booleans())
+@given(
+    rows=st.integers(1, 6),
+    cols=st.integers(2, 60),
+    k=st.integers(1, 30),
+    seed=st.integers(0, 9999),
+    ties=st.booleans(),
+    negatives_ascending=st.booleans(),
+    segments_only=st.booleans(),
+)
 def test_sign_partition_matches_its_definition(rows, cols, k, seed, ties, negatives_ascending, segments_only):
     rank = _values(rows, cols, seed, ties).abs()
     contribution = _values(rows, cols, seed + 7, True)  # includes exact zeros
     valid = torch.rand(rows, cols, generator=torch.Generator().manual_seed(seed)) < 0.7
     cands, n_neg, n_zero = candidates.sign_partitioned(
-        rank, valid, valid.sum(1), contribution, negatives_ascending=negatives_ascending,
-        k=k, end="prune", segments_only=segments_only,
+        rank,
+        valid,
+        valid.sum(1),
+        contribution,
+        negatives_ascending=negatives_ascending,
+        k=k,
+        end="prune",
+        segments_only=segments_only,
     )
     for r, by_rank in enumerate(_stable_order(rank, valid)):
         neg = [c for c in by_rank if contribution[r, c] < 0]

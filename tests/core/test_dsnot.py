@@ -380,8 +380,7 @@ def test_official_stopped_rows_drift_while_another_row_runs():
     The paper preset leaves stopped rows alone."""
     ones = [1.0] * 8
     stats = _stats(ones)
-    weight = torch.tensor([[-1.0, 1.0, -0.01, 0.01, 4.0, 4.0, 4.0, 4.0],
-                           [5.0, 5.0, 5.0, 5.0, 0.1, 0.2, 0.3, 0.4]])
+    weight = torch.tensor([[-1.0, 1.0, -0.01, 0.01, 4.0, 4.0, 4.0, 4.0], [5.0, 5.0, 5.0, 5.0, 0.1, 0.2, 0.3, 0.4]])
     start = torch.zeros(2, 8, dtype=torch.bool)
     start[:, :4] = True
     cfg = replace(preset("official"), T=6)

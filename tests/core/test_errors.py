@@ -28,7 +28,7 @@ def test_row_errors_equal_the_direct_computation():
 
 
 def test_stats_gram_is_the_sum_of_outer_products_over_tokens():
-    weight, x, _ = _layer()
+    _weight, x, _ = _layer()
     stats = ChannelStats(16, hessian=True)
     stats.add_batch(x[:3])
     stats.add_batch(x[3:])
@@ -51,7 +51,7 @@ def test_mean_part_plus_variance_part_is_the_total():
 
 
 def test_bad_gram_is_named():
-    weight, x, mask = _layer()
+    weight, _x, mask = _layer()
     with pytest.raises(ValueError, match=r"must be \(16, 16\)"):
         row_output_error(weight, mask, torch.eye(3))
     with pytest.raises(ValueError, match="needs the Gram matrix"):

@@ -51,7 +51,7 @@ def test_one_by_four_the_cross_term_decides():
     weight, start = torch.tensor([[1.0, -1.0, 0.8, 0.9]]), _mask([[0, 2]], 4)
     full = exact_refine(weight, gram, start, ExactConfig(shortlist=2))
     assert full.mask.tolist() == [[True, True, False, False]] and full.swaps.tolist() == [1]
-    assert float(full.final_error[0]) == pytest.approx(0.0, abs=1e-12)
+    assert float(full.final_error[0]) == pytest.approx(0.0, abs=1e-6)
     narrow = exact_refine(weight, gram, start, ExactConfig(shortlist=1))
     assert torch.equal(narrow.mask, start) and _reasons(narrow) == ["converged"]
 
@@ -109,9 +109,9 @@ def test_guarantees(layer, shortlist):
         assert bool((blocks == nm[0]).all())
     before = squared_errors(weight.double(), mask, gram.double())
     after = squared_errors(weight.double(), result.mask, gram.double())
-    assert bool((after <= before + 1e-9 * before.abs() + 1e-12).all())
-    torch.testing.assert_close(result.initial_error, before)
-    torch.testing.assert_close(result.final_error, after)
+    assert bool((after <= before * (1 + 1e-6) + 1e-9).all())  # computed again in float64
+    torch.testing.assert_close(result.initial_error.double(), before, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(result.final_error.double(), after, rtol=1e-5, atol=1e-5)
     assert torch.equal(exact_refine(weight, gram, mask, cfg, nm).mask, result.mask)
     assert torch.equal(exact_refine(weight, gram, mask, cfg, nm, chunk_rows=1).mask, result.mask)
 

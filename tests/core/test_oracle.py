@@ -17,16 +17,16 @@ from pathlib import Path
 
 import pytest
 import torch
+from _paths import REFERENCE_DIR
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from oracle import dsnot_oracle
 
 from dsnot_lite.core.dsnot import GROW_CRITERIA, NM_PRUNE_CRITERIA, NO_CANDIDATES, PRUNE_CRITERIA, SIGN_FLIP, dsnot, preset
-from dsnot_lite.core.pruners import initial_mask, initial_score, mask_from_score
+from dsnot_lite.core.pruners import initial_mask, mask_from_score
 from dsnot_lite.core.stats import ChannelStats
 from dsnot_lite.reference import dsnot_inputs, load_case
 
-from _paths import REFERENCE_DIR
 CASES = sorted(REFERENCE_DIR.glob("*.safetensors"))
 
 
@@ -40,7 +40,9 @@ def _reference_run(path: Path):
 
 
 def _assert_same(oracle, fast, context=""):
-    assert torch.equal(oracle.mask, fast.mask.cpu()), f"masks differ {context}: {int((oracle.mask != fast.mask.cpu()).sum())} entries"
+    assert torch.equal(oracle.mask, fast.mask.cpu()), (
+        f"masks differ {context}: {int((oracle.mask != fast.mask.cpu()).sum())} entries"
+    )
     assert torch.equal(oracle.swaps, fast.swaps.cpu()), f"swaps differ {context}"
     assert torch.equal(oracle.initial_error, fast.initial_error.cpu()), f"initial errors differ {context}"
     assert torch.equal(oracle.final_error, fast.final_error.cpu()), f"final errors differ {context}"
@@ -64,7 +66,9 @@ def test_reference_files_present():
 def test_oracle_reproduces_reference_and_dsnot(path):
     weight, stats, start, cfg, nm, method, expected = _reference_run(path)
     oracle = dsnot_oracle(weight, stats, start, cfg, nm, initial_method=method)
-    assert torch.equal(oracle.mask, expected), f"oracle differs from the reference in {int((oracle.mask != expected).sum())} entries"
+    assert torch.equal(oracle.mask, expected), (
+        f"oracle differs from the reference in {int((oracle.mask != expected).sum())} entries"
+    )
     assert not torch.equal(oracle.mask, start), "DSnoT changed nothing: the case would not test the loop"
     fast = dsnot(weight, stats, start, cfg, nm, initial_method=method)
     _assert_same(oracle, fast, path.stem)
@@ -184,7 +188,9 @@ def test_oracle_fp16_weight_matches():
     g = torch.Generator().manual_seed(3)
     weight = (torch.randn(8, 32, generator=g) * 0.02).half()
     mean = torch.randn(32, generator=g) * 5
-    stats = ChannelStats.from_tensors({"sum_metric_row": mean, "scaler_row": mean.square() + 1, "var": torch.rand(32, generator=g) + 0.1})
+    stats = ChannelStats.from_tensors(
+        {"sum_metric_row": mean, "scaler_row": mean.square() + 1, "var": torch.rand(32, generator=g) + 0.1}
+    )
     mask = initial_mask(weight, stats, "wanda", 0.5)
     cfg = dataclasses.replace(preset("official"), eps=0.0)
     _assert_same(dsnot_oracle(weight, stats, mask, cfg), dsnot(weight, stats, mask, cfg), "fp16")
@@ -204,7 +210,9 @@ def test_oracle_equals_dsnot_medium_layers(name, grow, prune):
     mean[torch.rand(cols, generator=g) < 0.1] = 0
     var = torch.rand(cols, generator=g) + 0.1
     var[torch.rand(cols, generator=g) < 0.05] = 0
-    stats = ChannelStats.from_tensors({"sum_metric_row": mean * 64, "scaler_row": mean.square() * 64 + var * 64, "var": var, "mean": mean})
+    stats = ChannelStats.from_tensors(
+        {"sum_metric_row": mean * 64, "scaler_row": mean.square() * 64 + var * 64, "var": var, "mean": mean}
+    )
     cfg = dataclasses.replace(preset(name), grow=grow, prune=prune, eps=0.01)
     for sparsity in (0.5, 0.9):
         mask = initial_mask(weight, stats, "wanda", sparsity)

@@ -79,7 +79,7 @@ def test_sparsegpt_keeps_dtype_and_handles_dead_inputs():
     hessian = stats.hessian.clone()
     hessian[5, :] = 0
     hessian[:, 5] = 0  # a dead input channel
-    new_weight, mask = sparsegpt_prune(weight.half(), hessian, 0.5)
+    new_weight, _mask = sparsegpt_prune(weight.half(), hessian, 0.5)
     assert new_weight.dtype == torch.float16
     assert bool(torch.isfinite(new_weight).all())
     assert bool(torch.isfinite(sparsegpt_score(weight, hessian)).all())

@@ -14,9 +14,9 @@ import pytest
 import torch
 
 from dsnot_lite.cli import main
+from dsnot_lite.lm.bundled import BUNDLED_MODELS, assemble, convert_bundled, gguf_parts
 from dsnot_lite.lm.data import wikitext_rows
 from dsnot_lite.lm.evaluation import perplexity, tokenize_test_text
-from dsnot_lite.lm.bundled import BUNDLED_MODELS, assemble, convert_bundled, gguf_parts
 from dsnot_lite.lm.models import find_linears, load_model
 
 

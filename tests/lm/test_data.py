@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import random
-from pathlib import Path
 
 import pytest
 import torch
+from _paths import DATA as SHARED
+from _paths import ROOT
 from _tiny import tiny_tokenizer
 
 from dsnot_lite.lm import data
-
-from _paths import DATA as SHARED
-from _paths import ROOT
 
 
 def test_default_finds_shared_data(monkeypatch):
@@ -92,9 +90,7 @@ def test_calibration_windows_are_seeded_and_match_the_reference_loop():
     # every window is a contiguous slice of one document's tokens
     encoded = [tok(d)["input_ids"] for d in docs]
     for window in a.tolist():
-        assert any(
-            any(ids[i : i + 64] == window for i in range(len(ids) - 63)) for ids in encoded if len(ids) > 64
-        )
+        assert any(any(ids[i : i + 64] == window for i in range(len(ids) - 63)) for ids in encoded if len(ids) > 64)
 
 
 def test_calibration_seqlen_longer_than_every_document():

@@ -11,8 +11,13 @@ from transformers import GPT2Config, GPT2LMHeadModel, T5Config, T5ForConditional
 from dsnot_lite.lm.bundled import gguf_parts
 from dsnot_lite.lm.models import find_blocks, find_linears, load_model, save_model
 
-EXPECTED_BLOCKS = {"llama": "model.layers", "mistral": "model.layers", "qwen2": "model.layers", "opt": "model.decoder.layers",
-                   "gemma3": "model.layers"}
+EXPECTED_BLOCKS = {
+    "llama": "model.layers",
+    "mistral": "model.layers",
+    "qwen2": "model.layers",
+    "opt": "model.decoder.layers",
+    "gemma3": "model.layers",
+}
 EXPECTED_LINEARS = {
     "llama": {"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
               "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"},

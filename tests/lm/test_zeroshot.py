@@ -44,12 +44,12 @@ def test_accuracy_is_greedy_match_computed_by_hand():
         for doc in docs:
             context = loaded.tokenizer(doc["context"])["input_ids"]
             whole = loaded.tokenizer(doc["context"] + doc["target"])["input_ids"]
-            target = whole[len(context):]
+            target = whole[len(context) :]
             logits = loaded.model(input_ids=torch.tensor([whole])).logits[0]
             hits.append(bool((logits[len(context) - 1 : len(whole) - 1].argmax(-1) == torch.tensor(target)).all()))
     assert 0 < sum(hits) < len(hits)
     assert result["acc"] == pytest.approx(sum(hits) / len(hits))
-    assert 0 <= result["acc_stderr"] and result["perplexity"] > 1
+    assert result["acc_stderr"] >= 0 and result["perplexity"] > 1
     assert not loaded.model.training
 
 

@@ -8,14 +8,14 @@ import pytest
 import torch
 from _tiny import ARCHS, VOCAB, tiny_loaded
 
-from dsnot_lite.lm.calibration import capture_block_inputs, collect_stats, run_block
 from dsnot_lite.core.dsnot import STOP_REASONS, preset
 from dsnot_lite.core.exact import STOP_REASONS as EXACT_STOP_REASONS
+from dsnot_lite.core.pruners import initial_mask
+from dsnot_lite.core.stats import ChannelStats
+from dsnot_lite.lm.calibration import capture_block_inputs, collect_stats, run_block
 from dsnot_lite.lm.models import find_linears
 from dsnot_lite.runs.pipeline import prune_model
 from dsnot_lite.runs.spec import RunSpec
-from dsnot_lite.core.pruners import initial_mask
-from dsnot_lite.core.stats import ChannelStats
 
 NSAMPLES, SEQLEN = 6, 32
 
@@ -30,7 +30,6 @@ def linear_weights(loaded) -> dict[str, torch.Tensor]:
         for i, block in enumerate(loaded.blocks)
         for name, layer in find_linears(block).items()
     }
-
 
 
 def _spec(method: str, sparsity: float = 0.0, **kw) -> RunSpec:

@@ -148,7 +148,8 @@ def test_exact_refiner_in_the_layer_lab(layer, refiner):
     assert s["row_sparsity_preserved"] and s["rel_output_error_after"] <= s["rel_output_error_before"] + 1e-9
     assert bool((run.output_error_after <= run.output_error_before * (1 + 1e-6) + 1e-6).all())
     assert run.result.trace.shape[1] == 32 and s["swaps"] == int(direct.swaps.sum()) + (
-        int(run.dsnot_result.swaps.sum()) if run.dsnot_result else 0)
+        int(run.dsnot_result.swaps.sum()) if run.dsnot_result else 0
+    )
     with pytest.raises(ValueError, match="no DSnoT"):
         layer_lab.explain_row(layer, layer_lab.run_layer(layer, refiner="exact", T=20), 0)
 

@@ -117,14 +117,15 @@ def test_paper_numbers_are_the_specs():
         assert cells[1:] == order and f"dense {vals['dense']}" in cells[0]
     for s, (a, b) in paper.PAPER_SPARSITY_LLAMA1.items():
         if s == 0.6:  # Table 1's Wanda columns
-            assert (a, b) == (paper.PAPER_TABLE1["LLaMA-1 7B"][("wanda", False)], paper.PAPER_TABLE1["LLaMA-1 7B"][("wanda", True)])
+            assert (a, b) == (
+                paper.PAPER_TABLE1["LLaMA-1 7B"][("wanda", False)],
+                paper.PAPER_TABLE1["LLaMA-1 7B"][("wanda", True)],
+            )
         else:
             assert f"{round(s * 100)}% {a}/{b}" in text
-    for (method, nm), (a, b) in paper.PAPER_NM_LLAMA1.items():
+    for (method, _nm), (a, b) in paper.PAPER_NM_LLAMA1.items():
         assert re.search(rf"{method}\s+{re.escape(a)} -> {re.escape(b)}", text, re.IGNORECASE)
     assert "10.52 / 10.37 / 10.22" in text and "11.24 / 10.61 / 10.84" in text
-
-
 
 
 def test_criterion_heatmap_goes_logarithmic_only_for_wide_ranges():

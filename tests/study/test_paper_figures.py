@@ -50,7 +50,9 @@ def test_figures_command_writes_reproducible_outputs(tmp_path, capsys):
             fake_run(tmp_path, base * s - 1, method=method, sparsity=s, refiner="dsnot")
     fake_run(tmp_path, 16.5, method="wanda", sparsity=0.6, refiner="dsnot", preset="paper")
     fake_run(tmp_path, 15.5, method="wanda", sparsity=0.6, refiner="exact")
-    fake_run(tmp_path, 17.5, method="wanda", sparsity=0.6, refiner="dsnot", dsnot=dataclasses.replace(preset("official"), grow="wanda"))
+    fake_run(
+        tmp_path, 17.5, method="wanda", sparsity=0.6, refiner="dsnot", dsnot=dataclasses.replace(preset("official"), grow="wanda")
+    )
     fake_run(tmp_path, 25.0, method="wanda", nm=(2, 4))
     fake_run(tmp_path, 24.0, method="wanda", nm=(2, 4), refiner="dsnot")
     fake_run(tmp_path, 99.0, method="wanda", sparsity=0.6, seed=1)  # another seed: not in the seed-0 tables
@@ -115,7 +117,9 @@ def test_criterion_figure_says_when_there_is_no_grid(tmp_path):
     fake_run(tmp_path, 17.0, method="wanda", sparsity=0.6, refiner="dsnot")
     fig = paper_figures.criterion_figure(paper_figures.load_table(tmp_path / "results.csv"))
     assert "no grow x prune grid" in " ".join(t.get_text() for t in fig.axes[0].texts)
-    fake_run(tmp_path, 18.0, method="wanda", sparsity=0.6, refiner="dsnot", dsnot=dataclasses.replace(preset("official"), grow="wanda"))
+    fake_run(
+        tmp_path, 18.0, method="wanda", sparsity=0.6, refiner="dsnot", dsnot=dataclasses.replace(preset("official"), grow="wanda")
+    )
     fig = paper_figures.criterion_figure(paper_figures.load_table(tmp_path / "results.csv"))
     ours = fig.axes[0]
     assert "2 runs" in ours.get_title()
