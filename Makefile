@@ -1,6 +1,6 @@
 # dsnot-lite: every target is idempotent. `make demo` and `make test` set everything up themselves.
 #
-#   make demo       venv + the main job (Wanda + DSnoT at 60% on the bundled SmolLM2-135M) -> results/demo.json
+#   make demo       venv + the main job: dense, Wanda 60%, + DSnoT, + exact refiner on the bundled SmolLM2-135M
 #   make test       venv + the default test suite (everything except tests marked slow; notebooks included)
 #   make test-all   venv + every test, slow ones included
 #   make notebooks  run every notebook in full mode -> results/notebooks/executed/ (+ timings.json)
@@ -32,8 +32,7 @@ $(STAMP): requirements.txt pyproject.toml
 	touch $@
 
 demo: $(STAMP)
-	mkdir -p results
-	$(VPY) -m dsnot_lite run --model smollm2-135m --method wanda --dsnot --sparsity 0.6 --nsamples 16 --seqlen 256 --max-windows 16 --output results/demo.json
+	$(VPY) -m dsnot_lite demo
 
 test: $(STAMP)
 	$(VPY) -m pytest

@@ -1,7 +1,8 @@
-"""The command line: ``python -m dsnot_lite {run,study,figures} ...``.
+"""The command line: ``python -m dsnot_lite {run,demo,study,figures} ...``.
 
 * ``run``: prune a causal LM block by block (optionally refined by DSnoT or the exact refiner),
   score it on WikiText-2 (and zero-shot tasks), write one JSON result and a results-table row;
+* ``demo``: dense, Wanda and both refiners side by side on the bundled model (``make demo``);
 * ``study``: the resumable "when does refinement help?" study (``study.refinement``);
 * ``figures``: the paper-style figures and tables from a results table (``study.paper_figures``).
 
@@ -101,6 +102,12 @@ def _add_study(sub) -> None:
     p.add_argument("--data-dir", default=None, help="folder laid out like ../shared/data")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_study)
+
+
+def _add_demo(sub) -> None:
+    p = sub.add_parser("demo", help="dense, Wanda, + DSnoT, + exact refiner side by side on the bundled model (cached)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_demo)
 
 
 def _add_figures(sub) -> None:
@@ -231,6 +238,13 @@ def cmd_study(args) -> int:
     return refinement.main(args)
 
 
+def cmd_demo(args) -> int:
+    from dsnot_lite.study.demo import demo
+
+    print(demo(progress=not args.no_progress))
+    return 0
+
+
 def cmd_figures(args) -> int:
     from dsnot_lite.study import paper_figures, workspace
 
@@ -244,7 +258,7 @@ def cmd_figures(args) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="dsnot_lite", description="DSnoT: training-free refinement of pruned LLM masks")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    for add in (_add_run, _add_study, _add_figures):
+    for add in (_add_run, _add_demo, _add_study, _add_figures):
         add(sub)
     return parser
 
