@@ -34,18 +34,20 @@ KERNEL_NAME = "dsnot-lite-run"
 CELL_TIMEOUT_S = 600  # seconds per cell in fast mode (CI); full mode allows 7200 unless --cell-timeout says otherwise
 
 
-def _kernel_manager(kernel_dir: Path, fast: bool):
+def _kernel_manager(kernel_dir: Path, fast: bool, python: str | None = None):
     """An AsyncKernelManager (nbclient's own kind: with a blocking one the cell timeout never fires)
-    for a throw-away kernelspec running ``sys.executable`` (nothing to install)."""
+    for a throw-away kernelspec running ``python`` (default ``sys.executable`` with this checkout on
+    its path; another interpreter runs with its own installed packages only)."""
     from jupyter_client.kernelspec import KernelSpecManager
     from jupyter_client.manager import AsyncKernelManager
 
     kdir = kernel_dir / KERNEL_NAME
     kdir.mkdir(parents=True, exist_ok=True)
-    pythonpath = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
-    env = {"PYTHONPATH": pythonpath, "DSNOT_LITE_FAST": "1" if fast else "0"}
+    env = {"DSNOT_LITE_FAST": "1" if fast else "0"}
+    if python is None:
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
     spec = {
-        "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+        "argv": [python or sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
         "display_name": "dsnot-lite (venv)",
         "language": "python",
         "env": env,
@@ -72,8 +74,16 @@ def inject_parameters(nb, overrides: list[str]) -> None:
     nb.cells.insert(idx + 1, cell)
 
 
-def execute(path: Path, fast: bool, overrides: list[str] | None = None, cell_timeout: int = CELL_TIMEOUT_S):
-    """Run the notebook at ``path``; return ``(executed notebook, seconds, error)``.
+def execute(
+    path: Path,
+    fast: bool,
+    overrides: list[str] | None = None,
+    cell_timeout: int = CELL_TIMEOUT_S,
+    python: str | None = None,
+    cwd: Path | None = None,
+):
+    """Run the notebook at ``path`` (in ``cwd``, default its own folder; with the interpreter
+    ``python``, default this one); return ``(executed notebook, seconds, error)``.
 
     ``error`` is ``None`` when every cell ran, else the failing cell's error in one line; the
     returned notebook then holds the outputs up to and including that cell's traceback.
@@ -87,10 +97,10 @@ def execute(path: Path, fast: bool, overrides: list[str] | None = None, cell_tim
     with tempfile.TemporaryDirectory(prefix="dsnot-kernel-") as kernel_dir:
         client = NotebookClient(
             nb,
-            km=_kernel_manager(Path(kernel_dir), fast),
+            km=_kernel_manager(Path(kernel_dir), fast, python),
             timeout=cell_timeout,
             startup_timeout=120,
-            resources={"metadata": {"path": str(path.parent)}},
+            resources={"metadata": {"path": str(cwd or path.parent)}},
         )
         t0 = time.perf_counter()
         try:

@@ -1,0 +1,226 @@
+"""The exact-objective swap refiner: per row, the 1-swap that lowers the true error most (spec section 6).
+
+DSnoT chooses its swaps from a row's *expected* error ``E[Delta_r]`` and a variance heuristic
+(Eq. 2-3). The quantity it approximates is the row's true squared reconstruction error on the
+calibration tokens, which the Gram matrix ``G = X^T X`` gives exactly:
+
+    E_r = dW_r G dW_r^T,        dW_r = W_r on the pruned columns P, zero elsewhere.
+
+With ``u = G dW_r^T`` (so ``E_r = sum_{k in P} W_rk u_k``), growing ``g`` (pruned) and pruning
+``p`` (kept) changes it by
+
+    delta(g, p) = (W_rg^2 G_gg - 2 W_rg u_g) + (W_rp^2 G_pp + 2 W_rp u_p) - 2 W_rg W_rp G_gp
+                   \\______ grow gain _____/   \\______ prune cost _____/   \\__ cross term __/
+
+and afterwards ``u += G[:, p] W_rp - G[:, g] W_rg``. ``exact_refine`` applies, in every row, the
+swap with the most negative ``delta`` until no swap lowers ``E_r`` or ``T`` swaps were made.
+Hence: ``E_r`` never rises; a row keeps its number of pruned weights; with N:M the two weights
+of a swap share a block of M, so every block keeps its N zeros.
+
+Unstructured search scores pairs among a shortlist, the ``shortlist`` best grow gains times the
+``shortlist`` best prune costs (cross term included); ``shortlist=None`` scores every pair
+(exhaustive, for small layers and tests). N:M search is always exhaustive: N x (M - N) pairs per
+block. Rows run in chunks whose working tensors stay within about one layer's worth of memory.
+The search runs in float32 and a swap must lower ``E_r`` by more than ``RELATIVE_TOLERANCE`` of
+the row's initial error, far above float32 rounding, so no swap is taken on rounding noise.
+
+SparseSwaps (Zimmer et al. 2025, arXiv 2512.10922) studies this refinement at LLM scale.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from .checks import NM, check_gram, check_mask, check_nm, check_weight
+
+STOP_REASONS = ("running", "converged", "T_reached", "no_candidates")
+RUNNING, CONVERGED, T_REACHED, NO_CANDIDATES = range(len(STOP_REASONS))
+RELATIVE_TOLERANCE = 1e-5  # a swap must lower E_r by more than this fraction of the row's initial E_r
+_MIN_CHUNK_BYTES = 32 * 2**20
+
+
+@dataclass(frozen=True)
+class ExactConfig:
+    """``T``: most swaps per row (as DSnoT's T); ``shortlist``: candidates per side, None = all pairs."""
+
+    T: int = 50
+    shortlist: int | None = 8
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.T, int) or isinstance(self.T, bool) or self.T < 0:
+            raise ValueError(f"T must be an int >= 0, got {self.T!r}; fix: e.g. 50, DSnoT's value")
+        if self.shortlist is not None and (not isinstance(self.shortlist, int) or self.shortlist < 1):
+            raise ValueError(f"shortlist must be an int >= 1 or None (every pair), got {self.shortlist!r}; fix: e.g. 8")
+
+
+@dataclass
+class ExactResult:
+    """The refined mask (True = pruned) and what happened to every row.
+
+    ``initial_error`` / ``final_error`` are the rows' true squared errors ``E_r`` (float32, in the
+    units of the Gram matrix given); with ``trace=True``, ``trace[t]`` is every row's ``E_r``
+    after ``t`` iterations (``trace[0]`` the initial one), on the CPU.
+    """
+
+    mask: torch.Tensor
+    swaps: torch.Tensor
+    stop_reason: torch.Tensor
+    initial_error: torch.Tensor
+    final_error: torch.Tensor
+    flips: int
+    stop_counts: dict[str, int] = field(default_factory=dict)
+    trace: torch.Tensor | None = None
+
+
+@torch.no_grad()
+def exact_refine(
+    weight: torch.Tensor,
+    gram: torch.Tensor,
+    mask: torch.Tensor,
+    config: ExactConfig | None = None,
+    nm: NM | None = None,
+    *,
+    chunk_rows: int | None = None,
+    trace: bool = False,
+) -> ExactResult:
+    """Refine ``mask`` (True = pruned) of ``weight`` by exact-error 1-swaps; ``gram`` is ``X^T X``
+    (any positive multiple, e.g. SparseGPT's Hessian, gives the same swaps)."""
+    cfg = config or ExactConfig()
+    check_weight(weight)
+    check_mask(mask, weight)
+    rows, cols = weight.shape
+    check_nm(nm, cols)
+    check_gram(gram, cols)
+    if chunk_rows is not None and chunk_rows < 1:
+        raise ValueError(f"chunk_rows must be >= 1, got {chunk_rows}")
+    device = weight.device
+    g = gram.to(device=device, dtype=torch.float32)
+    w = weight.to(torch.float32)
+    pruned = mask.clone().to(device)
+    swaps = torch.zeros(rows, dtype=torch.long, device=device)
+    stop = torch.full((rows,), RUNNING, dtype=torch.long, device=device)
+    initial = torch.zeros(rows, dtype=torch.float32, device=device)
+    chunk = chunk_rows or _rows_per_chunk(weight, cfg, nm)
+    blocks = _diagonal_blocks(g, nm[1]) if nm else None
+    history = torch.zeros(cfg.T + 1, rows, dtype=torch.float32) if trace else None
+    for start in range(0, rows, chunk):
+        part = slice(start, min(start + chunk, rows))
+        initial[part], swaps[part], stop[part] = _refine_rows(
+            w[part], g, pruned[part], cfg, nm, blocks, None if history is None else history[:, part]
+        )
+    final = squared_errors(w, pruned, g)
+    result = ExactResult(
+        mask=pruned, swaps=swaps, stop_reason=stop, initial_error=initial, final_error=final,
+        flips=int((pruned != mask.to(device)).sum()),
+        trace=None if history is None else history[: int(swaps.max()) + 1 if rows else 1],
+    )  # fmt: skip
+    result.stop_counts = {name: int((stop == code).sum()) for code, name in enumerate(STOP_REASONS)}
+    return result
+
+
+def squared_errors(w: torch.Tensor, pruned: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    """Per row ``E_r = dW_r G dW_r^T`` (in the dtype of ``w`` and ``g``)."""
+    removed = torch.where(pruned, w, torch.zeros((), dtype=w.dtype, device=w.device))
+    return ((removed @ g) * removed).sum(1)
+
+
+def _refine_rows(w, g, pruned, cfg: ExactConfig, nm, blocks, history) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Greedy best 1-swaps for the rows of ``w`` (``pruned`` is updated in place, and ``history``
+    (T + 1, rows) with each row's E_r after every iteration, when given).
+
+    The rows still running form a compact working set; a row that stops is only masked out until
+    a quarter of the set has stopped, then the set is compacted (fewer gathers than every step).
+    """
+    rows = w.shape[0]
+    removed = torch.where(pruned, w, torch.zeros((), dtype=w.dtype, device=w.device))
+    u = removed @ g
+    initial = (removed * u).sum(1)
+    del removed
+    error, swaps = initial.clone(), torch.zeros(rows, dtype=torch.long, device=w.device)
+    stop = torch.full((rows,), RUNNING, dtype=torch.long, device=w.device)
+    if history is not None:
+        history[:] = initial.cpu()
+    idx = torch.arange(rows, device=w.device)  # working set: rows of this chunk
+    ws, us, ps = w, u, pruned.clone()
+    two_w = 2 * w
+    self_term = w * w * g.diagonal()  # W_rk^2 G_kk, fixed
+    tolerance = RELATIVE_TOLERANCE * initial.abs()
+    live = torch.ones(rows, dtype=torch.bool, device=w.device)
+    for step in range(cfg.T):
+        if not bool(live.any()):
+            break
+        twice_wu = two_w * us
+        grow_gain = torch.sub(self_term, twice_wu).masked_fill_(~ps, torch.inf)  # removing g from the pruned set
+        prune_cost = twice_wu.add_(self_term).masked_fill_(ps, torch.inf)  # adding p to it
+        if nm is None:
+            best, grow, prune = _best_pair(ws, grow_gain, prune_cost, g, cfg.shortlist)
+        else:
+            best, grow, prune = _best_pair_nm(ws, grow_gain, prune_cost, blocks, nm[1])
+        del grow_gain, prune_cost, twice_wu
+        improves = live & (best < -tolerance)
+        ended = live & ~improves
+        stop[idx[ended & ~torch.isfinite(best)]] = NO_CANDIDATES
+        stop[idx[ended & torch.isfinite(best)]] = CONVERGED
+        on = improves.to(ws.dtype).unsqueeze(1)  # rows that swap; the others add zero below
+        us.addcmul_(g.index_select(0, prune), ws.gather(1, prune.unsqueeze(1)) * on)  # u += G[:, p] W_rp
+        us.addcmul_(g.index_select(0, grow), ws.gather(1, grow.unsqueeze(1)) * on, value=-1)  # u -= G[:, g] W_rg
+        ps.scatter_(1, grow.unsqueeze(1), ps.gather(1, grow.unsqueeze(1)) & ~improves.unsqueeze(1))
+        ps.scatter_(1, prune.unsqueeze(1), ps.gather(1, prune.unsqueeze(1)) | improves.unsqueeze(1))
+        error[idx[improves]] += best[improves]
+        swaps[idx[improves]] += 1
+        live = improves
+        if history is not None:
+            history[step + 1 :] = error.cpu()
+        if int(live.sum()) < 0.75 * live.numel():  # compact the working set
+            pruned[idx] = ps
+            idx, ws, us, ps, two_w, self_term, tolerance = (
+                t[live] for t in (idx, ws, us, ps, two_w, self_term, tolerance)
+            )
+            live = live[live]
+    pruned[idx] = ps
+    stop[idx[live]] = T_REACHED
+    return initial, swaps, stop
+
+
+def _best_pair(w, grow_gain, prune_cost, g, shortlist: int | None):
+    """Per row, the most negative ``delta`` among the shortlisted pairs: (delta, grow col, prune col)."""
+    k = w.shape[1] if shortlist is None else min(shortlist, w.shape[1])
+    gain, grow = torch.topk(grow_gain, k, dim=1, largest=False)
+    cost, prune = torch.topk(prune_cost, k, dim=1, largest=False)
+    cross = g[grow.unsqueeze(2), prune.unsqueeze(1)] * (w.gather(1, grow).unsqueeze(2) * w.gather(1, prune).unsqueeze(1))
+    delta = (gain.unsqueeze(2) + cost.unsqueeze(1) - 2 * cross).flatten(1)
+    best, at = delta.min(dim=1)
+    return best, grow.gather(1, (at // k).unsqueeze(1)).squeeze(1), prune.gather(1, (at % k).unsqueeze(1)).squeeze(1)
+
+
+def _best_pair_nm(w, grow_gain, prune_cost, blocks, m: int):
+    """Per row, the most negative ``delta`` over all pairs inside one block of ``m`` inputs."""
+    rows, cols = w.shape
+    wb = w.view(rows, cols // m, m)
+    cross = blocks.unsqueeze(0) * (wb.unsqueeze(3) * wb.unsqueeze(2))
+    delta = grow_gain.view(rows, -1, m).unsqueeze(3) + prune_cost.view(rows, -1, m).unsqueeze(2) - 2 * cross
+    best, at = delta.flatten(1).min(dim=1)
+    block, within = at // (m * m), at % (m * m)
+    return best, block * m + within // m, block * m + within % m
+
+
+def _diagonal_blocks(g: torch.Tensor, m: int) -> torch.Tensor:
+    """The (C_in / m, m, m) diagonal blocks of ``g``: the Gram entries an N:M swap can touch."""
+    nb = g.shape[0] // m
+    idx = torch.arange(nb, device=g.device)
+    return g.view(nb, m, nb, m)[idx, :, idx, :]
+
+
+def _rows_per_chunk(weight: torch.Tensor, cfg: ExactConfig, nm: NM | None) -> int:
+    """Rows per chunk so the float64 working set stays about the size of the layer."""
+    rows, cols = weight.shape
+    if nm is not None:
+        pair_entries = cols * nm[1] * 2
+    else:
+        k = cols if cfg.shortlist is None else min(cfg.shortlist, cols)
+        pair_entries = k * k * 3
+    per_row = 8 * (8 * cols + pair_entries)
+    budget = max(weight.numel() * 4, _MIN_CHUNK_BYTES)
+    return max(1, min(rows, budget // per_row))

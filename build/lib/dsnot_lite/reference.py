@@ -1,0 +1,104 @@
+"""Conformance with the authors' code: the stable API that tests and outside checks use.
+
+The files in ``../shared/reference/official-dsnot/`` each hold one layer, its statistics and the
+masks the reference code returns (see that folder's README). ``masks_for_case`` recomputes both
+masks from the weight, the statistics and the parameters alone; it never reads the expected masks.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+
+from .core.dsnot import dsnot, preset
+from .core.pruners import initial_mask, initial_score, mask_from_score
+from .core.stats import ChannelStats
+
+STAT_KEYS = ("sum_metric_row", "scaler_row", "var", "mean")
+# The reference code's argument names -> ours (DSnoTConfig fields) and their types; the only place
+# the reference names appear (R5's ``without_same_sign`` is inverted into ``sign_check``).
+REFERENCE_NAMES = {
+    "max_cycle_time": ("T", int),
+    "update_threshold": ("eps", float),
+    "pow_of_var_regrowing": ("var_power", float),
+}
+
+
+def load_case(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
+    """Tensors and ``params`` metadata of one reference file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no reference file at {path}; the files live in ../shared/reference/official-dsnot/")
+    with safe_open(str(path), framework="pt") as f:
+        tensors = {key: f.get_tensor(key) for key in f}
+        metadata = f.metadata() or {}
+    if "params" not in metadata:
+        raise ValueError(f"{path} has no 'params' metadata; it is not a reference case file")
+    return tensors, json.loads(metadata["params"])
+
+
+def statistics_for_case(calibration_inputs: torch.Tensor) -> dict[str, torch.Tensor]:
+    """R1 statistics of (nsamples, seqlen, C_in) inputs, fed one sample per batch as the reference."""
+    if calibration_inputs.dim() != 3:
+        raise ValueError(f"calibration_inputs must be (nsamples, seqlen, C_in), got {tuple(calibration_inputs.shape)}")
+    stats = ChannelStats(calibration_inputs.shape[-1])
+    stats.add_batch(calibration_inputs)
+    return {key: stats.as_dict()[key] for key in STAT_KEYS}
+
+
+def dsnot_inputs(tensors: dict[str, torch.Tensor], params: dict):
+    """What the reference's DSnoT routine works on, rebuilt from a case's weight, statistics (and
+    ``hessian`` for ``initial_method=sparsegpt``) and ``params``: ``(weight, stats, initial mask,
+    DSnoT's start mask, config, nm, initial method)``. The ``official`` preset's values, which are
+    the reference's defaults (R5, R10), apply where ``params`` is silent."""
+    stats = ChannelStats.from_tensors({k: v for k, v in tensors.items() if k in (*STAT_KEYS, "hessian")})
+    weight = tensors["weight"]
+    method = params["initial_method"]
+    n, m = int(params.get("prune_n", 0)), int(params.get("prune_m", 0))
+    nm = (n, m) if n else None
+    config = replace(
+        preset("official"),
+        **{ours: kind(params[theirs]) for theirs, (ours, kind) in REFERENCE_NAMES.items() if theirs in params},
+        sign_check=not params.get("without_same_sign", True),
+    )
+    start = initial_mask(weight, stats, method, float(params["sparsity_ratio"]), nm)
+    # the reference's N:M DSnoT branch re-derives its start with a block sort (ties differ from topk)
+    dsnot_start = mask_from_score(initial_score(weight, stats, method), 0.0, nm, nm_ties="sort") if nm else start
+    return weight, stats, start, dsnot_start, config, nm, method
+
+
+def masks_for_case(tensors: dict[str, torch.Tensor], params: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """(initial pruned mask, final pruned mask), bool, True = pruned, as the reference code returns."""
+    weight, stats, start, dsnot_start, config, nm, method = dsnot_inputs(tensors, params)
+    return start, dsnot(weight, stats, dsnot_start, config, nm, initial_method=method).mask
+
+
+def load_e2e(path: str | Path) -> dict[str, torch.Tensor]:
+    """Layer name -> (C_out, C_in) bool zero pattern (True = zero) of one file of
+    ``../shared/reference/official-e2e/`` (packed with ``numpy.packbits(weight == 0, axis=1)``)."""
+    import numpy as np
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no end-to-end reference file at {path}; the files live in ../shared/reference/official-e2e/")
+    with safe_open(str(path), framework="pt") as f:
+        shapes = json.loads((f.metadata() or {})["shapes"])
+        return {k: torch.from_numpy(np.unpackbits(f.get_tensor(k).numpy(), axis=1, count=shapes[k][1]).astype(bool))
+                for k in f}  # fmt: skip
+
+
+def zero_patterns(model: torch.nn.Module, names: list[str]) -> dict[str, torch.Tensor]:
+    """``weight == 0`` of the named linear layers of ``model`` (on the CPU)."""
+    return {name: (model.get_submodule(name).weight.detach() == 0).cpu() for name in names}
+
+
+def e2e_differences(ours: dict[str, torch.Tensor], theirs: dict[str, torch.Tensor]) -> dict[str, int]:
+    """Layers whose zero pattern differs from the reference's, with the number of differing entries."""
+    missing = sorted(set(ours) - set(theirs))
+    if missing:
+        raise ValueError(f"layers {missing[:3]} are not in the reference; fix: compare a model of the same architecture")
+    return {name: int((ours[name] != theirs[name]).sum()) for name in ours if not torch.equal(ours[name], theirs[name])}

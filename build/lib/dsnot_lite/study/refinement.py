@@ -1,0 +1,187 @@
+"""The study "when does mask refinement help?": one resumable command, ``python -m dsnot_lite study``.
+
+Every run is a ``RunSpec`` stored in a ``RunCache`` folder (``studies/refinement-<model>/``), so
+an interrupted study resumes where it stopped and the report is rebuilt from the stored runs.
+Stages, in the order they run (``--list`` prints every run of each):
+
+* ``tune``: Wanda 60%, seed 0, WikiText-2 *validation* (first 64 windows): DSnoT variants (both
+  presets, epsilon on the token-mean scale, T scaled to the layer width, a variance floor in
+  Eq. 2) next to Wanda and the exact refiner; the best variant is "DSnoT, tuned".
+* ``headline``: Wanda 60% on the full test set, calibration seeds 0, 1, 2: Wanda, + DSnoT
+  (official), + DSnoT (tuned), + exact, full SparseGPT, and the dense model.
+* ``grid``: 50/60/70/80% and 2:4, from magnitude, Wanda and SparseGPT (mask only), every refiner
+  variant, full SparseGPT for reference; seed 0, first 32 test windows.
+* ``criteria``: Wanda 60% + DSnoT (official) with every grow x prune criterion (paper Table 7).
+* ``floor``: the numerical floor: Wanda and SparseGPT at 60% with the reference numerics (eager
+  attention, one calibration window per forward) against our defaults.
+
+All stages calibrate on 16 C4 windows of 512 tokens and record per-layer errors (mean/variance
+split). The report (``study.refinement_report``) turns the stored runs into ``README.md``,
+``results.csv`` and figures in the same folder.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+from dsnot_lite.core.dsnot import preset
+from dsnot_lite.runs.cache import RunCache
+from dsnot_lite.runs.spec import RunSpec
+from dsnot_lite.study import workspace
+
+SEEDS = (0, 1, 2)
+TUNE_WINDOWS, GRID_WINDOWS = 64, 32
+# Test windows of the headline per model (None: the full test set). Gemma 3 270M's 262k-word head
+# makes a window about 5x as costly as SmolLM2's on this CPU: its headline uses the first 64.
+HEADLINE_WINDOWS = {"smollm2-135m": None, "gemma3-270m": 64}
+TUNED_ON = "smollm2-135m"  # models without their own tune stage use the setting tuned on this one
+SPARSITIES = (0.5, 0.6, 0.7, 0.8)
+METHODS = ("magnitude", "wanda", "sparsegpt")
+TOKEN_EPS = 0.1 / 512  # the official epsilon on the token-mean scale (R1: E[A] is seqlen x the token mean)
+
+# name -> (refiner, preset, DSnoT overrides); "official"/"paper" are the presets as they are.
+VARIANTS: dict[str, tuple[str | None, str, dict]] = {
+    "none": (None, "official", {}),
+    "official": ("dsnot", "official", {}),
+    "paper": ("dsnot", "paper", {}),
+    "paper-token-eps": ("dsnot", "paper", {"eps": TOKEN_EPS}),
+    "official-T-width": ("dsnot", "official", {"T_width": 4096}),
+    "official-var-floor-0.1": ("dsnot", "official", {"var_floor": 0.1}),
+    "official-var-floor-1": ("dsnot", "official", {"var_floor": 1.0}),
+    "paper-token-eps-var-floor-1": ("dsnot", "paper", {"eps": TOKEN_EPS, "var_floor": 1.0}),
+    "paper-token-eps-T-width": ("dsnot", "paper", {"eps": TOKEN_EPS, "T_width": 4096}),
+    "exact": ("exact", "official", {}),
+    "dsnot+exact": ("dsnot+exact", "official", {}),
+    # DSnoT with no iteration: the per-row start mask every refiner starts from. Plain magnitude
+    # pruning uses one threshold per layer (the reference baseline), so it needs this as its control.
+    "per-row start": ("dsnot", "official", {"T": 0}),
+}
+TUNED = [k for k, v in VARIANTS.items() if v[0] == "dsnot" and k != "per-row start"]  # candidates for "DSnoT, tuned"
+GRID_VARIANTS = ("none", "official", "paper", "paper-token-eps", "official-T-width", "tuned-var-floor", "exact")
+STAGES = ("tune", "headline", "grid", "criteria", "floor")
+
+
+def base_spec(model: str, data_dir: str | None = None) -> RunSpec:
+    return RunSpec(model=model, nsamples=16, seqlen=512, record_errors=True, data_dir=data_dir)
+
+
+def variant(base: RunSpec, name: str, **changes) -> RunSpec:
+    """``base`` refined by the named variant (``VARIANTS``)."""
+    refiner, preset_name, overrides = VARIANTS[name]
+    dsnot = dataclasses.replace(preset(preset_name), **overrides) if overrides else None
+    return base.replace(refiner=refiner, preset=preset_name, dsnot=dsnot, **changes)
+
+
+class Study:
+    """The study's runs for one model, stored in ``folder``."""
+
+    def __init__(self, model: str = "smollm2-135m", folder: str | Path | None = None, data_dir: str | None = None,
+                 progress: bool = True):  # fmt: skip
+        self.model = model
+        self.folder = Path(folder) if folder else workspace.study_dir(model)
+        self.base = base_spec(model, data_dir)
+        self.cache = RunCache(self.folder / "runs", progress=progress)
+
+    # -- the runs of each stage ---------------------------------------------------------------
+    def tune_specs(self) -> dict[str, RunSpec]:
+        tune = self.base.replace(method="wanda", sparsity=0.6, eval_split="validation", max_windows=TUNE_WINDOWS)
+        return {name: variant(tune, name) for name in ("none", *TUNED, "exact")}
+
+    def tuned_variant(self, prefix: str = "") -> str | None:
+        """The DSnoT variant (name starting with ``prefix``) with the lowest validation perplexity,
+        or None while the tune stage is incomplete. A model whose own tune stage has no run uses
+        the variant tuned on ``TUNED_ON`` (stated in its report)."""
+        specs = self.tune_specs()
+        scores = {name: self.cache.get(specs[name]) for name in TUNED if name.startswith(prefix)}
+        if all(r is None for r in scores.values()) and self.model != TUNED_ON:
+            return Study(TUNED_ON, self.folder.parent / f"refinement-{TUNED_ON}").tuned_variant(prefix)
+        if any(r is None for r in scores.values()):
+            return None
+        return min(scores, key=lambda name: scores[name]["ppl"])
+
+    def headline_specs(self) -> dict[str, RunSpec]:
+        windows = HEADLINE_WINDOWS.get(self.model)
+        head = self.base.replace(method="wanda", sparsity=0.6, max_windows=windows)
+        specs = {"dense": self.base.replace(method="dense", max_windows=windows)}
+        tuned = self.tuned_variant()
+        for seed in SEEDS:
+            runs = {"wanda": variant(head, "none", seed=seed), "wanda + DSnoT (official)": variant(head, "official", seed=seed),
+                    "wanda + exact": variant(head, "exact", seed=seed),
+                    "sparsegpt": head.replace(method="sparsegpt", seed=seed)}  # fmt: skip
+            if tuned is not None:
+                runs["wanda + DSnoT (tuned)"] = variant(head, tuned, seed=seed)
+            specs.update({f"{label} | seed {seed}": spec for label, spec in runs.items()})
+        return specs
+
+    def grid_specs(self) -> dict[str, RunSpec]:
+        grid = self.base.replace(max_windows=GRID_WINDOWS)
+        floor = self.tuned_variant("official-var-floor") or "official-var-floor-1"
+        specs = {"dense": grid.replace(method="dense")}
+        for level in (*SPARSITIES, "2:4"):
+            where = {"nm": (2, 4)} if level == "2:4" else {"sparsity": level}
+            specs[f"sparsegpt (full) | {level}"] = grid.replace(method="sparsegpt", **where)
+            for method in METHODS:
+                start = grid.replace(method=method, weight_update=method != "sparsegpt", **where)
+                for name in GRID_VARIANTS + (("per-row start",) if method == "magnitude" else ()):
+                    name = floor if name == "tuned-var-floor" else name
+                    refined = variant(start, name, weight_update=True) if VARIANTS[name][0] else start
+                    specs[f"{method} + {name} | {level}"] = refined
+        specs["wanda + dsnot+exact | 0.6"] = variant(grid.replace(method="wanda", sparsity=0.6), "dsnot+exact")
+        return specs
+
+    def criteria_specs(self) -> dict[str, RunSpec]:
+        grid = self.base.replace(method="wanda", sparsity=0.6, max_windows=GRID_WINDOWS, refiner="dsnot")
+        crit = ("eq2", "eq3", "wanda", "magnitude")
+        return {f"grow {g} / prune {p}": grid.replace(dsnot=dataclasses.replace(preset("official"), grow=g, prune=p))
+                if (g, p) != ("eq2", "eq3") else grid for g in crit for p in crit}  # fmt: skip
+
+    def floor_specs(self) -> dict[str, RunSpec]:
+        grid = self.base.replace(sparsity=0.6, max_windows=GRID_WINDOWS)
+        return {f"{method} | {numerics}": grid.replace(method=method, **changes)
+                for method in ("dense", "wanda", "sparsegpt")
+                for numerics, changes in (("sdpa, 8 windows per forward", {}),
+                                          ("eager, 1 window per forward", {"attn": "eager", "batch_size": 1, "eval_batch_size": 1}))}  # fmt: skip
+
+    def specs(self, stage: str) -> dict[str, RunSpec]:
+        if stage not in STAGES:
+            raise ValueError(f"unknown study stage {stage!r}; fix: choose among {STAGES}")
+        return getattr(self, f"{stage}_specs")()
+
+    # -- running ------------------------------------------------------------------------------
+    def run(self, stages=STAGES) -> Iterator[tuple[str, str, dict | None]]:
+        """Compute every missing run of ``stages`` in order; yields (stage, label, result or None
+        when another worker holds it)."""
+        for stage in stages:
+            for label, spec in self.specs(stage).items():
+                yield stage, label, self.cache.run(spec)
+
+    def results(self, stage: str) -> dict[str, dict]:
+        """The stored runs of a stage (missing ones left out)."""
+        found = {label: self.cache.get(spec) for label, spec in self.specs(stage).items()}
+        return {label: r for label, r in found.items() if r is not None}
+
+
+def main(args) -> int:
+    """``python -m dsnot_lite study [STAGE ...] [--list] [--report-only]``."""
+    stages = tuple(args.stage) or STAGES
+    study = Study(args.model, args.out, args.data_dir, progress=not args.no_progress)
+    for stage in stages:
+        study.specs(stage)  # unknown stage names fail here, before any work
+    if args.list:
+        for stage in stages:
+            for label, spec in study.specs(stage).items():
+                done = "done" if study.cache.get(spec) else "todo"
+                print(f"{stage:9s} {done}  {label:45s} {spec.name()}")
+        return 0
+    if not args.report_only:
+        for stage, label, result in study.run(stages):
+            ppl = f"ppl {result['ppl']:.3f}" if result else "held by another worker"
+            print(f"[{stage}] {label}: {ppl}", file=sys.stderr, flush=True)
+    from dsnot_lite.study import refinement_report
+
+    for path in refinement_report.write_report(study):
+        print(path)
+    return 0
