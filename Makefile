@@ -3,6 +3,7 @@
 #   make demo       venv + the main job: dense, Wanda 60%, + DSnoT, + exact refiner on the bundled SmolLM2-135M
 #   make test       venv + the default test suite (everything except tests marked slow; notebooks included)
 #   make test-all   venv + every test, slow ones included
+#   make lint       ruff check + ruff format --check (CI runs it after the tests)
 #   make notebooks  run every notebook in full mode -> results/notebooks/executed/ (+ timings.json)
 #   make notebooks-fast   the same in fast mode (what CI executes)
 #   make strip      strip outputs / execution counts from notebooks/*.ipynb in place
@@ -16,7 +17,7 @@ VPY    := $(VENV)/bin/python
 # The stamp records a finished install; it is rebuilt when requirements.txt or pyproject.toml change.
 STAMP  := $(VENV)/.dsnot-lite-installed
 
-.PHONY: venv demo test test-all notebooks notebooks-fast strip browser-check clean distclean
+.PHONY: venv demo test test-all lint notebooks notebooks-fast strip browser-check clean distclean
 
 venv: $(STAMP)
 
@@ -40,6 +41,10 @@ test: $(STAMP)
 # `-m ""` replaces the `-m 'not slow'` from pyproject.toml's addopts, so slow tests run too.
 test-all: $(STAMP)
 	$(VPY) -m pytest -m ""
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 
 notebooks: $(STAMP)
 	$(VPY) scripts/run_notebooks.py

@@ -6,13 +6,14 @@
 
 Writes ``bench/results/layer_costs.csv`` (one row per measurement), ``bench/results/layer_costs.json``
 (the same rows plus the environment, the load average and the summary ratios) and
-``figures/bench_layer_costs.png``. A plain script, not a test: the numbers depend on the machine.
+``bench/results/bench_layer_costs.png``. A plain script, not a test: the numbers depend on the machine.
 
 What is timed (CPU, fp32, ``torch.get_num_threads()`` threads, forward passes excluded as in the
 paper's Table 3): the mask of magnitude (per row), Wanda and the SparseGPT saliency (the
-reference's ``initial_method=sparsegpt``), full OBS SparseGPT (``sparsegpt_prune``) and DSnoT
-(``official`` preset, T=50) on the magnitude, Wanda and SparseGPT-saliency masks, plus DSnoT with
-``trace=True``. Every repeat runs all methods one after the other (interleaved), after warm-up
+reference's ``initial_method=sparsegpt``), full OBS SparseGPT (``sparsegpt_prune``), DSnoT
+(``official`` preset, T=50) on the magnitude, Wanda and SparseGPT-saliency masks, DSnoT with
+``trace=True``, and the exact refiner (T=50, shortlist 8) on the Wanda mask (where the Gram matrix
+is built, C_in up to ``--sparsegpt-max-cin``). Every repeat runs all methods one after the other (interleaved), after warm-up
 repeats; the table reports the median, min and max, and ratios of medians to Wanda measured in the
 same run. Full SparseGPT is slow on 2 cores, so it is run once per shape (no warm-up), and beyond
 ``--sparsegpt-max-cin`` input channels or ``--sparsegpt-max-numel`` weights it is *extrapolated*
@@ -54,10 +55,11 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))  # the oracle lives with the tests
 
 from dsnot_lite.core.dsnot import dsnot, preset  # noqa: E402
+from dsnot_lite.core.exact import ExactConfig, exact_refine  # noqa: E402
 from dsnot_lite.core.pruners import initial_mask, sparsegpt_inverse_hessian_diag, sparsegpt_prune  # noqa: E402
 from dsnot_lite.core.stats import ChannelStats  # noqa: E402
-from dsnot_lite.figures import save_figure  # noqa: E402
 from dsnot_lite.runs.io import atomic_write_text  # noqa: E402
+from dsnot_lite.study.style import save_figure  # noqa: E402
 
 SHAPES = {
     "7b": [(4096, 4096), (11008, 4096), (4096, 11008)],
@@ -178,6 +180,9 @@ def bench_shape(rows, cols, args, cfg, trace: bool) -> list[dict]:
         methods[f"dsnot[{init}]"] = lambda init=init: dsnot(weight, stats, masks[init], cfg, initial_method=init)
     if trace:
         methods["dsnot[wanda]+trace"] = lambda: dsnot(weight, stats, masks["wanda"], cfg, initial_method="wanda", trace=True)
+    if with_sparsegpt:  # the exact refiner needs the layer's Gram matrix, as SparseGPT does
+        exact_cfg = ExactConfig(T=cfg.T)
+        methods["exact[wanda]"] = lambda: exact_refine(weight, hstats.hessian, masks["wanda"], exact_cfg)
 
     times: dict[str, list[float]] = {name: [] for name in methods}
     results = {}
@@ -205,7 +210,7 @@ def bench_shape(rows, cols, args, cfg, trace: bool) -> list[dict]:
     wanda_med = statistics.median(times["wanda"])
     out = []
     mask_of = {"dsnot[magnitude]": "magnitude", "dsnot[wanda]": "wanda", "dsnot[sparsegpt]": "sparsegpt_saliency",
-               "dsnot[wanda]+trace": "wanda"}  # fmt: skip
+               "dsnot[wanda]+trace": "wanda", "exact[wanda]": "wanda"}  # fmt: skip
     for name, ts in times.items():
         row = {"section": "layer", "shape": shape, "rows": rows, "cols": cols, "method": name, "param": "", "value": "",
                **summarize(ts), "measured": True, "note": f"load {load_before}->{load_after}"}  # fmt: skip
@@ -224,8 +229,6 @@ def bench_shape(rows, cols, args, cfg, trace: bool) -> list[dict]:
     out.append({"section": "layer", "shape": shape, "rows": rows, "cols": cols, "method": "sparsegpt_full", "param": "",
                 "value": "", "n": 1, "median_s": sgpt_t, "min_s": sgpt_t, "max_s": sgpt_t,
                 "ratio_to_wanda": sgpt_t / wanda_med, "measured": sgpt_measured, "note": sgpt_note})  # fmt: skip
-    del weight, stats, hstats, masks, results
-    gc.collect()
     return out
 
 
@@ -310,7 +313,6 @@ def sweeps(args, cfg) -> list[dict]:
         mean_active = float(res.trace.swapped.float().sum(1).mean()) if iters else 0.0
         record("active_rows", active0, times[active0], times["wanda"], res, rows, cols,
                f"; epsilon {c.eps:.4g}; iterations {iters}; mean swapping rows per iteration {mean_active:.0f}")  # fmt: skip
-    del weight, stats, mask
     gc.collect()
 
     for param, dims in (("C_in", [(rows, c) for c in args.sweep_dims]), ("C_out", [(r, cols) for r in args.sweep_dims])):
@@ -470,8 +472,9 @@ def summary_table(rows: list[dict]) -> str:
             continue
         total = f"{r['total_ratio_to_wanda']:.2f}" if r.get("total_ratio_to_wanda") else ""
         paired = f"{r['paired_ratio_median']:.2f}" if r.get("paired_ratio_median") else ""
+        measured = "yes" if r["measured"] else "extrapolated"
         lines.append(
-            f"| {r['shape']} | {r['method']} | {r['median_s']:.3f} | {r['ratio_to_wanda']:.2f} | {paired} | {total} | {'yes' if r['measured'] else 'extrapolated'} |"
+            f"| {r['shape']} | {r['method']} | {r['median_s']:.3f} | {r['ratio_to_wanda']:.2f} | {paired} | {total} | {measured} |"
         )
     return "\n".join(lines)
 
@@ -515,7 +518,7 @@ def main(argv=None) -> None:
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's own choice)")
     p.add_argument("--quick", action="store_true", help="small shapes and sweeps: checks the script runs")
     p.add_argument("--out-dir", type=Path, default=ROOT / "bench" / "results")
-    p.add_argument("--figure", type=Path, default=ROOT / "figures" / "bench_layer_costs.png")
+    p.add_argument("--figure", type=Path, default=ROOT / "bench" / "results" / "bench_layer_costs.png")
     args = p.parse_args(argv)
     if args.quick:
         args.shapes, args.sweep_shape, args.oracle_shape = "quick", (512, 512), (256, 256)

@@ -24,7 +24,6 @@ configuration; seconds per phase and peak memory (CUDA's allocator, or the proce
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import resource
@@ -98,14 +97,20 @@ def llama7b(args) -> dict:
         torch.manual_seed(0)
         model = AutoModelForCausalLM.from_config(config, dtype=dtype).eval()
         loaded = LoadedModel(model, None, "llama-7b-shaped", "random", find_blocks(model))
-        spec = RunSpec(model="llama-7b-shaped", method="wanda", sparsity=0.6, device=device, batch_size=args.batch_size, **changes)
+        spec = RunSpec(
+            model="llama-7b-shaped", method="wanda", sparsity=0.6, device=device, batch_size=args.batch_size, **changes
+        )
         timer = PhaseTimer()
         if device == "cuda":
             torch.cuda.reset_peak_memory_stats()
         start = time.perf_counter()
         prune_model(loaded, ids, spec, timer=timer, progress=False)
         seconds = dict(timer.seconds, total=time.perf_counter() - start)
-        peak = torch.cuda.max_memory_allocated() / 2**20 if device == "cuda" else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        peak = (
+            torch.cuda.max_memory_allocated() / 2**20
+            if device == "cuda"
+            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        )
         summary[label] = {**{p: seconds.get(p, 0.0) for p in PRUNING_PHASES}, "pruning": pruning_seconds(seconds),
                           "peak_mb": peak, "per_block_s": pruning_seconds(seconds) / args.llama7b}  # fmt: skip
         log(f"{label}: {summary[label]['pruning']:.1f} s for {args.llama7b} blocks, peak {peak:.0f} MB")
@@ -124,8 +129,12 @@ def markdown(result: dict, command: str) -> str:
              "pruning phases of a configuration over Wanda's, taken within each round (median, and the range over rounds).", "",
              "| configuration | " + " | ".join(PRUNING_PHASES) + " | pruning phases | x Wanda |", "|---|" + "---|" * (len(PRUNING_PHASES) + 2)]  # fmt: skip
     for label, row in result["summary"].items():
-        ratio = f"{row['ratio_to_wanda']:.2f}" + (f" ({row['ratio_min']:.2f}-{row['ratio_max']:.2f})" if "ratio_min" in row else "")
-        lines.append(f"| {label} | " + " | ".join(f"{row[p]:.1f}" for p in PRUNING_PHASES) + f" | {row['pruning']:.1f} | {ratio} |")
+        ratio = f"{row['ratio_to_wanda']:.2f}" + (
+            f" ({row['ratio_min']:.2f}-{row['ratio_max']:.2f})" if "ratio_min" in row else ""
+        )
+        lines.append(
+            f"| {label} | " + " | ".join(f"{row[p]:.1f}" for p in PRUNING_PHASES) + f" | {row['pruning']:.1f} | {ratio} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -135,7 +144,9 @@ def main(argv=None) -> None:
     parser.add_argument("--nsamples", type=int, default=16)
     parser.add_argument("--seqlen", type=int, default=512)
     parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--llama7b", type=int, default=0, metavar="BLOCKS", help="random LLaMA-7B-shaped model with this many blocks")
+    parser.add_argument(
+        "--llama7b", type=int, default=0, metavar="BLOCKS", help="random LLaMA-7B-shaped model with this many blocks"
+    )
     parser.add_argument("--quick", action="store_true", help="smoke run: 1 round, 4 x 128 (or 1 small block)")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--out", default=str(ROOT / "bench" / "results"))

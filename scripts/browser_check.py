@@ -84,8 +84,8 @@ def start_lab(workdir: Path, scratch: Path, port: int, token: str) -> subprocess
     ]  # fmt: skip
     if hasattr(os, "geteuid") and os.geteuid() == 0:
         cmd.append("--allow-root")  # containers run as root
-    log_file = open(scratch / "jupyterlab.log", "w")
-    return subprocess.Popen(cmd, env=env, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)
+    with open(scratch / "jupyterlab.log", "w") as log_file:  # the server keeps its own copy of the descriptor
+        return subprocess.Popen(cmd, env=env, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)
 
 
 def wait_for_server(port: int, token: str, proc: subprocess.Popen, timeout: float = 120) -> None:

@@ -26,8 +26,12 @@ def _sh(*cmd, cwd=None, timeout=1200, env=None) -> subprocess.CompletedProcess:
 def venv(tmp_path_factory) -> Path:
     """The interpreter of a fresh venv holding the built wheel and its dependencies."""
     work = tmp_path_factory.mktemp("install")
-    dist = work / "dist"
-    _sh(sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-w", dist, ROOT)
+    source, dist = work / "source", work / "dist"  # build from a copy: setuptools writes build/ beside the sources
+    source.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, source / name)
+    shutil.copytree(ROOT / "dsnot_lite", source / "dsnot_lite", ignore=shutil.ignore_patterns("__pycache__"))
+    _sh(sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-w", dist, source)
     (wheel,) = dist.glob("dsnot_lite-*.whl")
     _sh(sys.executable, "-m", "venv", work / "venv")
     python = work / "venv" / "bin" / "python"
@@ -56,7 +60,7 @@ def test_a_notebook_runs_outside_the_checkout_with_the_installed_package(venv, t
     notebook = tmp_path / "01_one_linear_layer.ipynb"
     shutil.copy(ROOT / "notebooks" / notebook.name, notebook)
     monkeypatch.setenv("DSNOT_LITE_DATA", str(DATA))  # outside a checkout the data folder must be named
-    nb, seconds, error = runner.execute(notebook, fast=True, python=str(venv), cwd=tmp_path)
+    nb, _seconds, error = runner.execute(notebook, fast=True, python=str(venv), cwd=tmp_path)
     assert error is None, f"the notebook failed outside the checkout: {error}"
     ran = [c for c in nb.cells if c.cell_type == "code" and c.source.strip()]
     assert all(c.get("execution_count") for c in ran)

@@ -175,9 +175,7 @@ def _refine_rows(w, g, pruned, cfg: ExactConfig, nm, blocks, history) -> tuple[t
             history[step + 1 :] = error.cpu()
         if int(live.sum()) < 0.75 * live.numel():  # compact the working set
             pruned[idx] = ps
-            idx, ws, us, ps, two_w, self_term, tolerance = (
-                t[live] for t in (idx, ws, us, ps, two_w, self_term, tolerance)
-            )
+            idx, ws, us, ps, two_w, self_term, tolerance = (t[live] for t in (idx, ws, us, ps, two_w, self_term, tolerance))
             live = live[live]
     pruned[idx] = ps
     stop[idx[live]] = T_REACHED

@@ -83,7 +83,11 @@ def resolve_source(model: str) -> str:
 def find_blocks(model: nn.Module) -> str:
     """Dotted path of the first ``nn.ModuleList`` whose entries all contain ``nn.Linear`` layers."""
     for path, module in model.named_modules():
-        if isinstance(module, nn.ModuleList) and len(module) > 0 and all(any(isinstance(m, nn.Linear) for m in block.modules()) for block in module):
+        if (
+            isinstance(module, nn.ModuleList)
+            and len(module) > 0
+            and all(any(isinstance(m, nn.Linear) for m in block.modules()) for block in module)
+        ):
             return path
     raise ValueError(
         f"unsupported architecture {type(model).__name__}: no list of decoder blocks built from nn.Linear "

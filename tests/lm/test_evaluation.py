@@ -47,7 +47,7 @@ def test_test_text_joined_with_blank_lines_and_tokenized_once():
 
 def test_bad_windows_fail_clearly():
     model = tiny_model("llama")
-    with pytest.raises(ValueError, match="fewer than seqlen.*fix"):
+    with pytest.raises(ValueError, match=r"fewer than seqlen.*fix"):
         perplexity(model, torch.arange(10), seqlen=16, progress=False)
-    with pytest.raises(ValueError, match="max_windows.*fix"):
+    with pytest.raises(ValueError, match=r"max_windows.*fix"):
         perplexity(model, torch.arange(40), seqlen=16, max_windows=0, progress=False)

@@ -198,7 +198,7 @@ def test_captured_kwargs_reproduce_the_model_forward(arch):
     torch.testing.assert_close(torch.cat(inputs.hidden), last[0], rtol=0, atol=0)
     if arch == "gemma3":  # the check has teeth: block 0's arguments for every block would be wrong
         wrong = captured
-        for i, block in enumerate(loaded.blocks):
+        for block in loaded.blocks:
             wrong = wrong.with_hidden(run_block(block, wrong.for_block(0)).hidden)
         assert not torch.allclose(torch.cat(wrong.hidden), last[0])
 
