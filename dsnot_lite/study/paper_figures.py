@@ -168,6 +168,13 @@ def main_table(frame, sparsity: float = 0.6) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _perplexity_axes(ax, xlabel: str) -> None:
+    """A log perplexity axis with its labels."""
+    log_axis(ax)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("WikiText-2 perplexity (log scale)")
+
+
 def _bars(ax, x, values, labels, width, offset, color, hatch, label):
     pos = x + offset
     ax.bar(pos, values, width, color=color, hatch=hatch, label=label)
@@ -192,10 +199,8 @@ def main_figure(frame, sparsity: float = 0.6):
         vals = [np.nan if v is None else v for v in vals]
         _bars(ax, x, vals, [_fmt(v) for v in vals], 0.26, (j - 1) * 0.27, colors[refiner], None, head)
     ax.set_xticks(x, METHOD_ORDER)
-    log_axis(ax)
+    _perplexity_axes(ax, "initial pruning method")
     room_above_bars(ax)
-    ax.set_xlabel("initial pruning method")
-    ax.set_ylabel("WikiText-2 perplexity (log scale)")
     ax.set_title(f"Ours: {model}, {sparsity:.0%} unstructured\n({_setting(sel) or 'no runs'})", fontsize=9)
     if model:
         ax.legend(fontsize=7)
@@ -206,10 +211,8 @@ def main_figure(frame, sparsity: float = 0.6):
             _bars(ax, x, [float(t) for t in texts], texts, 0.2, (2 * i + j - 1.5) * 0.2, AFTER if refined else BEFORE,
                   "//" if i else None, f"{name}: {'w. DSnoT' if refined else 'initial'}")  # fmt: skip
     ax.set_xticks(x, METHOD_ORDER)
-    log_axis(ax)
+    _perplexity_axes(ax, "initial pruning method")
     room_above_bars(ax)
-    ax.set_xlabel("initial pruning method")
-    ax.set_ylabel("WikiText-2 perplexity (log scale)")
     ax.set_title("Paper, 60% unstructured (quoted, not measured here)", fontsize=9)
     ax.legend(fontsize=7)
     fig.suptitle("Does refinement lower perplexity after pruning? (paper Table 1)")
@@ -227,9 +230,7 @@ def sparsity_figure(frame):
         if len(q):
             ax.plot(100 * q["sparsity"], q["ppl"], marker="o", ls="--" if refiner is None else "-", color=PALETTE[i],
                     label=f"wanda {head}")  # fmt: skip
-    log_axis(ax)
-    ax.set_xlabel("sparsity (% of weights pruned)")
-    ax.set_ylabel("WikiText-2 perplexity (log scale)")
+    _perplexity_axes(ax, "sparsity (% of weights pruned)")
     ax.set_title(f"Ours ({_setting(sel) or 'no runs'})", fontsize=9)
     if len(sel):
         ax.set_xticks(sorted({round(100 * v, 6) for v in sel["sparsity"]}))
@@ -239,9 +240,7 @@ def sparsity_figure(frame):
     for k, (ls, name) in enumerate((("--", "Wanda"), ("-", "Wanda + DSnoT"))):
         ys = [float(PAPER_SPARSITY_LLAMA1[s][k]) for s in xs]
         ax.plot([100 * s for s in xs], ys, marker="o", ls=ls, color=PALETTE[k], label=name)
-    log_axis(ax)
-    ax.set_xlabel("sparsity (% of weights pruned)")
-    ax.set_ylabel("WikiText-2 perplexity (log scale)")
+    _perplexity_axes(ax, "sparsity (% of weights pruned)")
     ax.set_title("Paper, LLaMA-1 7B (quoted, not measured here)", fontsize=9)
     ax.legend(fontsize=8)
     fig.suptitle("Perplexity across sparsity levels")
