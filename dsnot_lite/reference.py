@@ -34,7 +34,7 @@ def load_case(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
     if not path.is_file():
         raise FileNotFoundError(f"no reference file at {path}; the files live in ../shared/reference/official-dsnot/")
     with safe_open(str(path), framework="pt") as f:
-        tensors = {key: f.get_tensor(key) for key in f}
+        tensors = {key: f.get_tensor(key) for key in f.keys()}  # noqa: SIM118 (safe_open is not iterable)
         metadata = f.metadata() or {}
     if "params" not in metadata:
         raise ValueError(f"{path} has no 'params' metadata; it is not a reference case file")
@@ -88,7 +88,7 @@ def load_e2e(path: str | Path) -> dict[str, torch.Tensor]:
     with safe_open(str(path), framework="pt") as f:
         shapes = json.loads((f.metadata() or {})["shapes"])
         return {k: torch.from_numpy(np.unpackbits(f.get_tensor(k).numpy(), axis=1, count=shapes[k][1]).astype(bool))
-                for k in f}  # fmt: skip
+                for k in f.keys()}  # fmt: skip  # noqa: SIM118 (safe_open is not iterable)
 
 
 def zero_patterns(model: torch.nn.Module, names: list[str]) -> dict[str, torch.Tensor]:
