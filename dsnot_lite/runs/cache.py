@@ -55,9 +55,9 @@ class RunCache:
             if stored is not None:
                 return stored
             result = run(spec, session=self.session, progress=self.progress)
-            schema.save_result(result, self.path(spec), self.table)
+            path = schema.save_result(result, self.path(spec), self.table)
             self.computed += 1
-            return result
+            return read_json(path)  # as stored: the same object a later call returns
         finally:
             self._claim_path(spec).unlink(missing_ok=True)
 
@@ -81,12 +81,21 @@ class RunCache:
         return False
 
 
+STALE_CLAIM_S = 24 * 3600  # no run takes a day here: an older claim is left over from a crash
+
+
 def _alive(claim: Path) -> bool:
-    """Whether the process that wrote ``claim`` still runs (claims from other hosts count as alive)."""
+    """Whether the process that wrote ``claim`` still runs (a claim from another host counts as alive
+    for ``STALE_CLAIM_S``)."""
+    import time
+
     try:
         owner = json.loads(claim.read_text())
+        age = time.time() - claim.stat().st_mtime
     except (OSError, ValueError):
         return True  # being written right now
+    if age > STALE_CLAIM_S:
+        return False
     if owner.get("host") != socket.gethostname():
         return True
     try:
