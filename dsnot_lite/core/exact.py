@@ -146,14 +146,17 @@ def _refine_rows(w, g, pruned, cfg: ExactConfig, nm, blocks, history) -> tuple[t
     ws, us, ps = w, u, pruned.clone()
     two_w = 2 * w
     self_term = w * w * g.diagonal()  # W_rk^2 G_kk, fixed
+    # W_rk^2 G_kk where k can be grown (pruned) or pruned (kept), +inf elsewhere; a swap moves two entries
+    grow_base = self_term.masked_fill(~ps, torch.inf)
+    prune_base = self_term.masked_fill(ps, torch.inf)
     tolerance = RELATIVE_TOLERANCE * initial.abs()
     live = torch.ones(rows, dtype=torch.bool, device=w.device)
     for step in range(cfg.T):
         if not bool(live.any()):
             break
         twice_wu = two_w * us
-        grow_gain = torch.sub(self_term, twice_wu).masked_fill_(~ps, torch.inf)  # removing g from the pruned set
-        prune_cost = twice_wu.add_(self_term).masked_fill_(ps, torch.inf)  # adding p to it
+        grow_gain = torch.sub(grow_base, twice_wu)  # removing g from the pruned set
+        prune_cost = twice_wu.add_(prune_base)  # adding p to it
         if nm is None:
             best, grow, prune = _best_pair(ws, grow_gain, prune_cost, g, cfg.shortlist)
         else:
@@ -166,8 +169,7 @@ def _refine_rows(w, g, pruned, cfg: ExactConfig, nm, blocks, history) -> tuple[t
         on = improves.to(ws.dtype).unsqueeze(1)  # rows that swap; the others add zero below
         us.addcmul_(g.index_select(0, prune), ws.gather(1, prune.unsqueeze(1)) * on)  # u += G[:, p] W_rp
         us.addcmul_(g.index_select(0, grow), ws.gather(1, grow.unsqueeze(1)) * on, value=-1)  # u -= G[:, g] W_rg
-        ps.scatter_(1, grow.unsqueeze(1), ps.gather(1, grow.unsqueeze(1)) & ~improves.unsqueeze(1))
-        ps.scatter_(1, prune.unsqueeze(1), ps.gather(1, prune.unsqueeze(1)) | improves.unsqueeze(1))
+        _swap(ps, grow_base, prune_base, self_term, grow.unsqueeze(1), prune.unsqueeze(1), improves.unsqueeze(1))
         error[idx[improves]] += best[improves]
         swaps[idx[improves]] += 1
         live = improves
@@ -175,11 +177,21 @@ def _refine_rows(w, g, pruned, cfg: ExactConfig, nm, blocks, history) -> tuple[t
             history[step + 1 :] = error.cpu()
         if int(live.sum()) < 0.75 * live.numel():  # compact the working set
             pruned[idx] = ps
-            idx, ws, us, ps, two_w, self_term, tolerance = (t[live] for t in (idx, ws, us, ps, two_w, self_term, tolerance))
+            working = (idx, ws, us, ps, two_w, self_term, grow_base, prune_base, tolerance)
+            idx, ws, us, ps, two_w, self_term, grow_base, prune_base, tolerance = (t[live] for t in working)
             live = live[live]
     pruned[idx] = ps
     stop[idx[live]] = T_REACHED
     return initial, swaps, stop
+
+
+def _swap(pruned, grow_base, prune_base, self_term, grow, prune, on) -> None:
+    """Where ``on``: column ``grow`` leaves the pruned set, column ``prune`` joins it."""
+    for col, now_pruned in ((grow, pruned.gather(1, grow) & ~on), (prune, pruned.gather(1, prune) | on)):
+        pruned.scatter_(1, col, now_pruned)
+        term = self_term.gather(1, col)
+        grow_base.scatter_(1, col, torch.where(now_pruned, term, torch.inf))
+        prune_base.scatter_(1, col, torch.where(now_pruned, torch.inf, term))
 
 
 def _best_pair(w, grow_gain, prune_cost, g, shortlist: int | None):
@@ -187,7 +199,8 @@ def _best_pair(w, grow_gain, prune_cost, g, shortlist: int | None):
     k = w.shape[1] if shortlist is None else min(shortlist, w.shape[1])
     gain, grow = torch.topk(grow_gain, k, dim=1, largest=False)
     cost, prune = torch.topk(prune_cost, k, dim=1, largest=False)
-    cross = g[grow.unsqueeze(2), prune.unsqueeze(1)] * (w.gather(1, grow).unsqueeze(2) * w.gather(1, prune).unsqueeze(1))
+    g_pairs = torch.take(g, grow.unsqueeze(2) * g.shape[1] + prune.unsqueeze(1))  # G[g, p] for every shortlisted pair
+    cross = g_pairs * (w.gather(1, grow).unsqueeze(2) * w.gather(1, prune).unsqueeze(1))
     delta = (gain.unsqueeze(2) + cost.unsqueeze(1) - 2 * cross).flatten(1)
     best, at = delta.min(dim=1)
     return best, grow.gather(1, (at // k).unsqueeze(1)).squeeze(1), prune.gather(1, (at % k).unsqueeze(1)).squeeze(1)
