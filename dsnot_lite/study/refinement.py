@@ -6,7 +6,8 @@ Stages, in the order they run (``--list`` prints every run of each):
 
 * ``tune``: Wanda 60%, seed 0, WikiText-2 *validation* (first 64 windows): DSnoT variants (both
   presets, epsilon on the token-mean scale, T scaled to the layer width, a variance floor in
-  Eq. 2) next to Wanda and the exact refiner; the best variant is "DSnoT, tuned".
+  Eq. 2) next to Wanda and the exact refiner (T = 50, 25, 10: quality against cost); the best
+  DSnoT variant is "DSnoT, tuned".
 * ``headline``: Wanda 60% on the full test set, calibration seeds 0, 1, 2: Wanda, + DSnoT
   (official), + DSnoT (tuned), + exact, full SparseGPT, and the dense model.
 * ``grid``: 50/60/70/80% and 2:4, from magnitude, Wanda and SparseGPT (mask only), every refiner
@@ -28,6 +29,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from dsnot_lite.core.dsnot import preset
+from dsnot_lite.core.exact import ExactConfig
 from dsnot_lite.runs.cache import RunCache
 from dsnot_lite.runs.spec import RunSpec
 from dsnot_lite.study import workspace
@@ -54,6 +56,8 @@ VARIANTS: dict[str, tuple[str | None, str, dict]] = {
     "paper-token-eps-var-floor-1": ("dsnot", "paper", {"eps": TOKEN_EPS, "var_floor": 1.0}),
     "paper-token-eps-T-width": ("dsnot", "paper", {"eps": TOKEN_EPS, "T_width": 4096}),
     "exact": ("exact", "official", {}),
+    "exact-T10": ("exact", "official", {"T": 10}),  # fewer swaps, a fifth of the cost: what does it give up?
+    "exact-T25": ("exact", "official", {"T": 25}),
     "dsnot+exact": ("dsnot+exact", "official", {}),
     # DSnoT with no iteration: the per-row start mask every refiner starts from. Plain magnitude
     # pruning uses one threshold per layer (the reference baseline), so it needs this as its control.
@@ -69,8 +73,10 @@ def base_spec(model: str, data_dir: str | None = None) -> RunSpec:
 
 
 def variant(base: RunSpec, name: str, **changes) -> RunSpec:
-    """``base`` refined by the named variant (``VARIANTS``)."""
+    """``base`` refined by the named variant (``VARIANTS``; the exact refiner's overrides set its config)."""
     refiner, preset_name, overrides = VARIANTS[name]
+    if refiner == "exact":
+        return base.replace(refiner=refiner, exact=ExactConfig(**overrides), **changes)
     dsnot = dataclasses.replace(preset(preset_name), **overrides) if overrides else None
     return base.replace(refiner=refiner, preset=preset_name, dsnot=dsnot, **changes)
 
@@ -88,7 +94,7 @@ class Study:
     # -- the runs of each stage ---------------------------------------------------------------
     def tune_specs(self) -> dict[str, RunSpec]:
         tune = self.base.replace(method="wanda", sparsity=0.6, eval_split="validation", max_windows=TUNE_WINDOWS)
-        return {name: variant(tune, name) for name in ("none", *TUNED, "exact")}
+        return {name: variant(tune, name) for name in ("none", *TUNED, "exact", "exact-T25", "exact-T10")}
 
     def tuned_variant(self, prefix: str = "") -> str | None:
         """The DSnoT variant (name starting with ``prefix``) with the lowest validation perplexity,
