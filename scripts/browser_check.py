@@ -38,6 +38,8 @@ import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from dsnot_lite.runs.io import atomic_write_text  # noqa: E402
 NOTEBOOK = ROOT / "notebooks" / "01_one_linear_layer.ipynb"
 CHROMIUM_FLAGS = [
     "--no-sandbox",  # we run as root in a container
@@ -274,7 +276,7 @@ def run_check(args) -> int:
         return 2
     stop(proc)
     shutil.rmtree(scratch, ignore_errors=True)
-    (out / "report.json").write_text(json.dumps({"failures": failures, **report}, indent=2) + "\n")
+    atomic_write_text(out / "report.json", json.dumps({"failures": failures, **report}, indent=2) + "\n")
     log(json.dumps(report, indent=1))
     for f in failures:
         log(f"FAIL: {f}")

@@ -22,6 +22,9 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from dsnot_lite.runs.io import atomic_write_text  # noqa: E402
+
 DEFAULT_GLOB = "notebooks/*.ipynb"
 
 
@@ -77,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
             continue
         new = dumps(strip(nb))
         if new != text:
-            path.write_text(new, encoding="utf-8")
+            atomic_write_text(path, new)
             print(f"stripped {path}")
     if args.check and dirty:
         print(f"{dirty} notebook(s) not clean; run `make strip`")

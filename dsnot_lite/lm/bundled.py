@@ -54,6 +54,15 @@ BUNDLED_MODELS: dict[str, Bundled] = {
 }  # fmt: skip
 
 
+def ordinary_permissions(folder: Path) -> None:
+    """0777/0666 minus the umask for a folder and everything in it (mkdtemp and safetensors create
+    0700 folders and 0600 files)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    for path in [folder, *folder.rglob("*")]:
+        path.chmod((0o777 if path.is_dir() else 0o666) & ~mask)
+
+
 def cache_root() -> Path:
     """Cache directory: ``$DSNOT_LITE_CACHE`` or ``~/.cache/dsnot_lite``."""
     env = os.environ.get("DSNOT_LITE_CACHE")
@@ -129,6 +138,7 @@ def convert_bundled(name: str, cache: Path | None = None) -> Path:
             gguf.unlink()  # only the converted folder is kept
         plain.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
+        ordinary_permissions(tmp)
         try:
             os.rename(tmp, target)
         except OSError:

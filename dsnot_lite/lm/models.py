@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from dsnot_lite.lm.bundled import BUNDLED_MODELS, convert_bundled
+from dsnot_lite.lm.bundled import BUNDLED_MODELS, convert_bundled, ordinary_permissions
 
 
 @dataclass
@@ -143,7 +143,7 @@ def save_model(loaded: LoadedModel, out_dir: str | Path) -> dict:
     try:
         loaded.model.save_pretrained(tmp)
         loaded.tokenizer.save_pretrained(tmp)
-        _ordinary_permissions(tmp)
+        ordinary_permissions(tmp)
         os.rename(tmp, out)
     finally:
         if tmp.exists():
@@ -151,9 +151,4 @@ def save_model(loaded: LoadedModel, out_dir: str | Path) -> dict:
     return {"path": str(out), "bytes": sum(f.stat().st_size for f in out.rglob("*") if f.is_file())}
 
 
-def _ordinary_permissions(folder: Path) -> None:
-    """0777/0666 minus the umask (mkdtemp and safetensors create 0700 folders and 0600 files)."""
-    mask = os.umask(0)
-    os.umask(mask)
-    for path in [folder, *folder.rglob("*")]:
-        path.chmod((0o777 if path.is_dir() else 0o666) & ~mask)
+
