@@ -40,6 +40,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from dsnot_lite.runs.io import atomic_write_text  # noqa: E402
+
 NOTEBOOK = ROOT / "notebooks" / "01_one_linear_layer.ipynb"
 CHROMIUM_FLAGS = [
     "--no-sandbox",  # we run as root in a container

@@ -149,6 +149,3 @@ def save_model(loaded: LoadedModel, out_dir: str | Path) -> dict:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return {"path": str(out), "bytes": sum(f.stat().st_size for f in out.rglob("*") if f.is_file())}
-
-
-
