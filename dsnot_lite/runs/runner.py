@@ -47,16 +47,16 @@ class ModelSession:
         return self.loaded
 
     def calibration(self, spec: RunSpec, data_dir: Path | None) -> torch.Tensor:
-        key = (spec.nsamples, spec.seqlen, spec.seed)
+        key = (spec.nsamples, spec.seqlen, spec.seed, data_dir)
         if key not in self._calibration:
             docs = data.c4_documents(data_dir)
-            self._calibration[key] = data.calibration_windows(self.loaded.tokenizer, docs, *key, progress=False)
+            self._calibration[key] = data.calibration_windows(self.loaded.tokenizer, docs, *key[:3], progress=False)
         return self._calibration[key]
 
     def eval_tokens(self, split: str, data_dir: Path | None) -> torch.Tensor:
-        if (split,) not in self._tokens:
-            self._tokens[(split,)] = tokenize_test_text(self.loaded.tokenizer, data.wikitext_rows(split, data_dir))
-        return self._tokens[(split,)]
+        if (split, data_dir) not in self._tokens:
+            self._tokens[(split, data_dir)] = tokenize_test_text(self.loaded.tokenizer, data.wikitext_rows(split, data_dir))
+        return self._tokens[(split, data_dir)]
 
 
 def run(spec: RunSpec, *, session: ModelSession | None = None, progress: bool = True, after_eval=None) -> dict:
