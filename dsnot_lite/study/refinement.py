@@ -191,6 +191,6 @@ def main(args) -> int:
             print(f"[{stage}] {label}: {ppl}", file=sys.stderr, flush=True)
     from dsnot_lite.study import refinement_report
 
-    for path in refinement_report.write_report(study):
+    for path in refinement_report.write_report(study, planned=stages):
         print(path)
     return 0
