@@ -170,7 +170,7 @@ def _grid(grid: dict[str, dict]) -> list[str]:
 def _criteria(criteria: dict[str, dict]) -> list[str]:
     if not criteria:
         return []
-    crit = ("eq2", "eq3", "wanda", "magnitude")
+    crit = ("eq2", "eq3", "wanda")
     lines = ["## Grow x prune criteria (paper Table 7 layout; Wanda 60% + DSnoT official, 32 windows)", "",
              "| prune \\ grow | " + " | ".join(crit) + " |", "|---|" + "---|" * len(crit)]  # fmt: skip
     for p in crit:
