@@ -133,6 +133,7 @@ class RunSpec:
         parts += [f"blocks{self.blocks}"] if self.blocks else []
         parts += [self.eval_split] if self.eval_split != "test" else []
         parts += [self.attn] if self.attn != "sdpa" else []
+        parts += ["+".join(self.tasks)] if self.tasks else []
         return "-".join(parts)
 
     def label(self) -> str:

@@ -17,6 +17,8 @@ Stages, in the order they run (``--list`` prints every run of each):
   Wanda's score (paper Table 7).
 * ``floor``: the numerical floor: Wanda and SparseGPT at 60% with the reference numerics (eager
   attention, one calibration window per forward) against our defaults.
+* ``zeroshot``: dense, Wanda 60%, + DSnoT (official), + exact on the offline zero-shot smoke task
+  ``wikitext2_lastword`` (first 300 documents; lm-evaluation-harness).
 
 All stages calibrate on 16 C4 windows of 512 tokens and record per-layer errors (mean/variance
 split). The report (``study.refinement_report``) turns the stored runs into ``README.md``,
@@ -72,7 +74,8 @@ TUNED = [k for k, v in VARIANTS.items() if v[0] == "dsnot" and k != "per-row sta
 # the paper preset at 60% (the epsilon and variance-floor variants are compared at 60% in the tune
 # stage; at 60% the paper preset changes Wanda by about 1%, so it is not repeated at every level).
 GRID_VARIANTS = ("none", "official", "tuned", "exact")
-STAGES = ("tune", "headline", "grid", "criteria", "floor")
+STAGES = ("tune", "headline", "grid", "criteria", "floor", "zeroshot")
+ZERO_SHOT_TASKS, ZERO_SHOT_DOCS = ("wikitext2_lastword",), 300
 
 
 def base_spec(model: str, data_dir: str | None = None) -> RunSpec:
@@ -158,6 +161,13 @@ class Study:
                 for method in ("dense", "wanda", "sparsegpt")
                 for numerics, changes in (("sdpa, 8 windows per forward", {}),
                                           ("eager, 1 window per forward", {"attn": "eager", "batch_size": 1, "eval_batch_size": 1}))}  # fmt: skip
+
+    def zeroshot_specs(self) -> dict[str, RunSpec]:
+        """Dense, Wanda 60% and both refiners scored on the offline zero-shot smoke task too."""
+        base = self.base.replace(max_windows=GRID_WINDOWS, tasks=ZERO_SHOT_TASKS, tasks_limit=ZERO_SHOT_DOCS)
+        head = base.replace(method="wanda", sparsity=0.6)
+        return {"dense": base.replace(method="dense"), "wanda": head, "wanda + DSnoT (official)": variant(head, "official"),
+                "wanda + exact": variant(head, "exact")}  # fmt: skip
 
     def specs(self, stage: str) -> dict[str, RunSpec]:
         if stage not in STAGES:

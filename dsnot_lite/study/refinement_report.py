@@ -31,7 +31,7 @@ def _fmt(v: float | None) -> str:
     return f"{v:.3g}" if abs(v) >= 1000 else f"{v:.2f}"
 
 
-def write_report(study, planned: tuple[str, ...] = ("tune", "headline", "grid", "criteria", "floor")) -> list[Path]:
+def write_report(study, planned: tuple[str, ...] = ("tune", "headline", "grid", "criteria", "floor", "zeroshot")) -> list[Path]:
     """Write README.md, results.csv and the figures into ``study.folder`` for the ``planned``
     stages of this model; returns the paths."""
     stages = {stage: study.results(stage) for stage in planned}
@@ -43,9 +43,10 @@ def write_report(study, planned: tuple[str, ...] = ("tune", "headline", "grid", 
         "grid": lambda: _grid(stages["grid"]),
         "criteria": lambda: _criteria(stages["criteria"]),
         "floor": lambda: _floor(stages["floor"]),
+        "zeroshot": lambda: _zero_shot(stages["zeroshot"]),
     }
     lines = _intro(study, stages, wanted)
-    for stage in ("headline", "tune", "grid", "criteria", "floor"):
+    for stage in ("headline", "tune", "grid", "criteria", "floor", "zeroshot"):
         if stage in stages or (stage == "tune" and "headline" in stages):  # the tuned setting's origin
             lines += sections[stage]() if stage in stages else _tuning({}, study.tuned_variant())
     lines += _layers(headline) + _costs(headline)
@@ -191,6 +192,22 @@ def _floor(floor: dict[str, dict]) -> list[str]:
         lines.append(f"| {method} | {_fmt(a and a['ppl'])} | {_fmt(b and b['ppl'])} | {change} |")
     return [*lines, "", "For comparison, the spec (section 7) reports the authors' own pipeline at 16 x 512, first "
             "32 test windows: dense 28.82, Wanda 160.46, Wanda + DSnoT 188.19.", ""]  # fmt: skip
+
+
+def _zero_shot(runs: dict[str, dict]) -> list[str]:
+    if not runs:
+        return []
+    lines = ["## Zero-shot accuracy (lm-evaluation-harness, offline smoke task)", "",
+             "`wikitext2_lastword`: the last word of WikiText-2 validation paragraphs, accuracy by greedy match, first "
+             "300 documents. A smoke task that runs the real harness offline, not a benchmark.", "",
+             "| run | accuracy | stderr | WikiText-2 ppl (32 windows) |", "|---|---|---|---|"]  # fmt: skip
+    for label, r in runs.items():
+        task = (r.get("zero_shot") or {}).get("wikitext2_lastword", {})
+        acc, err = task.get("acc"), task.get("acc_stderr")
+        lines.append(
+            f"| {label} | {'–' if acc is None else f'{acc:.3f}'} | {'–' if err is None else f'{err:.3f}'} | {_fmt(r['ppl'])} |"
+        )
+    return [*lines, ""]
 
 
 def _layers(headline: dict[str, list[dict]]) -> list[str]:
