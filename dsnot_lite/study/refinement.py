@@ -47,6 +47,7 @@ HEADLINE_WINDOWS = {"smollm2-135m": None, "gemma3-270m": 64}
 HEADLINE_SEEDS = {"smollm2-135m": SEEDS, "gemma3-270m": (0,)}
 TUNED_ON = "smollm2-135m"  # models without their own tune stage use the setting tuned on this one
 SPARSITIES = (0.5, 0.6, 0.7, 0.8)
+GRID_ORDER = (0.6, "2:4", 0.7, 0.5, 0.8)  # the grid is computed in this order: the levels the story needs first
 METHODS = ("magnitude", "wanda", "sparsegpt")
 TOKEN_EPS = 0.1 / 512  # the official epsilon on the token-mean scale (R1: E[A] is seqlen x the token mean)
 
@@ -136,7 +137,7 @@ class Study:
         grid = self.base.replace(max_windows=GRID_WINDOWS)
         tuned = self.tuned_variant() or "official-T-width"
         specs = {"dense": grid.replace(method="dense")}
-        for level in (*SPARSITIES, "2:4"):
+        for level in GRID_ORDER:
             where = {"nm": (2, 4)} if level == "2:4" else {"sparsity": level}
             specs[f"sparsegpt (full) | {level}"] = grid.replace(method="sparsegpt", **where)
             for method in METHODS:
