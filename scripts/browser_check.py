@@ -120,6 +120,7 @@ IMAGES_JS = """(sel) => Array.from(document.querySelectorAll(sel)).map(i => ({w:
 
 
 def run_check(args) -> int:
+    """Open notebook 01 in JupyterLab in headless Chromium, run every cell and check what renders."""
     from playwright.sync_api import sync_playwright
 
     out = Path(args.out)
@@ -150,115 +151,9 @@ def run_check(args) -> int:
             page.wait_for_selector(".jp-NotebookPanel .jp-Cell", timeout=120_000)
             page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']", timeout=120_000)
             log("notebook open, kernel idle; Run -> Run All Cells")
-
-            def accept_kernel_dialog() -> bool:
-                """JupyterLab may ask which kernel to start; its default choice is the notebook's."""
-                dialog = page.locator(".jp-Dialog:has-text('Select Kernel')")
-                if not dialog.count():
-                    return False
-                log("JupyterLab asks for a kernel; accepting its default (Python 3)")
-                dialog.locator(".jp-Dialog-button.jp-mod-accept").click()
-                page.wait_for_timeout(3000)
-                return True
-
-            def run_all() -> None:
-                accept_kernel_dialog()
-                page.click(".lm-MenuBar-item:has-text('Run')")
-                page.click(".lm-Menu-item[data-command='runmenu:run-all']")
-
-            run_all()
-            deadline = time.time() + args.timeout
-            prompts: list[str] = []
-            started = False
-            clicked_at = time.time()
-            while time.time() < deadline:
-                if accept_kernel_dialog() and not started:  # the kernel only starts now: run again
-                    page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']", timeout=120_000)
-                    run_all()
-                    clicked_at = time.time()
-                prompts = page.evaluate(PROMPTS_JS)
-                numbered = [bool(re.fullmatch(r"\[\d+\]:", p)) for p in prompts]
-                started = started or any(numbered) or any("*" in p for p in prompts)
-                if not started and time.time() - clicked_at > 60:  # the click went nowhere: once more
-                    log("no cell started within 60 s; clicking Run All Cells again")
-                    run_all()
-                    clicked_at = time.time()
-                idle = page.locator(".jp-Notebook-ExecutionIndicator[data-status='idle']").count() > 0
-                if prompts and all(numbered) and idle:
-                    break
-                time.sleep(2)
-            else:
-                failures.append(f"cells did not finish within {args.timeout} s: prompts {prompts}")
-            n_run = sum(bool(re.fullmatch(r"\[\d+\]:", p)) for p in prompts)
-            log(f"cells run: {n_run}/{len(prompts)}")
-            page.wait_for_timeout(1500)
-
-            # errors and the notebook's own checks
-            errors = page.locator(
-                ".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr']:has-text('Traceback')"
-            ).count()
-            if errors:
-                failures.append(f"{errors} cell(s) raised an error")
-            if not page.locator(".jp-OutputArea-output:has-text('all checks passed')").count():
-                failures.append("the notebook's checks did not print 'all checks passed'")
-
-            # matplotlib plots
-            plots = [i for i in page.evaluate(IMAGES_JS, ".jp-OutputArea-output:not(.jupyter-widgets) > img") if i["w"] > 0]
-            report["plots"] = len(plots)
-            if len(plots) < 5:
-                failures.append(f"only {len(plots)} matplotlib plot(s) rendered with pixels (expected >= 5)")
-            first_plot = page.locator(".jp-OutputArea-output > img").first
-            first_plot.scroll_into_view_if_needed()
-            first_plot.screenshot(path=str(out / "01_first_plot.png"))
-
-            # the widget
-            explorer = page.locator(".dsnot-layer-explorer")
-            if not explorer.count():
-                failures.append("the LayerExplorer widget did not render (no .dsnot-layer-explorer element)")
-            else:
-                explorer.scroll_into_view_if_needed()
-                sliders = explorer.locator(".widget-slider, .jupyter-widget-slider").count()
-                dropdowns = explorer.locator("select").count()
-                image = explorer.locator("img")
-                info = page.evaluate(IMAGES_JS, ".dsnot-layer-explorer img")
-                report.update(sliders=sliders, dropdowns=dropdowns, widget_image=info)
-                if sliders < 4 or dropdowns < 6:
-                    failures.append(f"widget controls missing: {sliders} sliders, {dropdowns} dropdowns")
-                shown = page.evaluate(
-                    "() => Array.from(document.querySelectorAll('.dsnot-layer-explorer select'))"
-                    ".map(s => s.selectedIndex >= 0 ? s.options[s.selectedIndex].text : '')"
-                )  # fmt: skip
-                report["dropdown_values"] = shown
-                if not all(shown):
-                    failures.append(f"a dropdown shows no value: {shown}")
-                if not info or info[0]["w"] == 0:
-                    failures.append("the widget's plot image has no pixels")
-                page.wait_for_timeout(500)
-                explorer.screenshot(path=str(out / "01_widget.png"))
-                page.screenshot(path=str(out / "01_page.png"))
-                # live update: type T = 5 into the T slider's readout, wait for a new plot
-                before = image.first.get_attribute("src")
-                t_slider = explorer.locator(
-                    ".widget-slider:has-text('T (max swaps)'), .jupyter-widget-slider:has-text('T (max swaps)')"
-                ).first
-                readout = t_slider.locator(".widget-readout").first
-                readout.click()
-                page.keyboard.press("Control+A")
-                page.keyboard.type("5")
-                page.keyboard.press("Enter")
-                try:
-                    page.wait_for_function(
-                        "(before) => { const i = document.querySelector('.dsnot-layer-explorer img'); return i && i.src !== before; }",
-                        arg=before, timeout=60_000,
-                    )  # fmt: skip
-                    page.wait_for_timeout(800)
-                    report["live_update"] = True
-                    status = explorer.locator(".widget-html").nth(1).inner_text()
-                    report["status_after_T5"] = status
-                    explorer.screenshot(path=str(out / "01_widget_after_T5.png"))
-                except Exception as exc:
-                    report["live_update"] = False
-                    failures.append(f"the widget did not redraw after setting T = 5 ({type(exc).__name__})")
+            failures += run_all_cells(page, args.timeout)
+            failures += check_outputs(page, out, report)
+            failures += check_widget(page, out, report)
             context.close()
     except Exception as exc:
         log(f"set-up failed: {exc}")
@@ -286,6 +181,124 @@ def run_check(args) -> int:
         return 1
     log("OK: notebook 01 ran in JupyterLab, its plots and the LayerExplorer widget rendered and the widget redraws")
     return 0
+
+
+def accept_kernel_dialog(page) -> bool:
+    """JupyterLab may ask which kernel to start; its default choice is the notebook's."""
+    dialog = page.locator(".jp-Dialog:has-text('Select Kernel')")
+    if not dialog.count():
+        return False
+    log("JupyterLab asks for a kernel; accepting its default (Python 3)")
+    dialog.locator(".jp-Dialog-button.jp-mod-accept").click()
+    page.wait_for_timeout(3000)
+    return True
+
+
+def click_run_all(page) -> None:
+    accept_kernel_dialog(page)
+    page.click(".lm-MenuBar-item:has-text('Run')")
+    page.click(".lm-Menu-item[data-command='runmenu:run-all']")
+
+
+def run_all_cells(page, timeout: float) -> list[str]:
+    """Run -> Run All Cells, then wait until every cell has an execution count and the kernel is idle."""
+    click_run_all(page)
+    deadline = time.time() + timeout
+    prompts: list[str] = []
+    failures: list[str] = []
+    started = False
+    clicked_at = time.time()
+    while time.time() < deadline:
+        if accept_kernel_dialog(page) and not started:  # the kernel only starts now: run again
+            page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']", timeout=120_000)
+            click_run_all(page)
+            clicked_at = time.time()
+        prompts = page.evaluate(PROMPTS_JS)
+        numbered = [bool(re.fullmatch(r"\[\d+\]:", p)) for p in prompts]
+        started = started or any(numbered) or any("*" in p for p in prompts)
+        if not started and time.time() - clicked_at > 60:  # the click went nowhere: once more
+            log("no cell started within 60 s; clicking Run All Cells again")
+            click_run_all(page)
+            clicked_at = time.time()
+        idle = page.locator(".jp-Notebook-ExecutionIndicator[data-status='idle']").count() > 0
+        if prompts and all(numbered) and idle:
+            break
+        time.sleep(2)
+    else:
+        failures.append(f"cells did not finish within {timeout} s: prompts {prompts}")
+    n_run = sum(bool(re.fullmatch(r"\[\d+\]:", p)) for p in prompts)
+    log(f"cells run: {n_run}/{len(prompts)}")
+    page.wait_for_timeout(1500)
+    return failures
+
+
+def check_outputs(page, out: Path, report: dict) -> list[str]:
+    """No traceback, the notebook's own checks passed, and its matplotlib plots have pixels."""
+    failures: list[str] = []
+    errors = page.locator(".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr']:has-text('Traceback')").count()
+    if errors:
+        failures.append(f"{errors} cell(s) raised an error")
+    if not page.locator(".jp-OutputArea-output:has-text('all checks passed')").count():
+        failures.append("the notebook's checks did not print 'all checks passed'")
+    plots = [i for i in page.evaluate(IMAGES_JS, ".jp-OutputArea-output:not(.jupyter-widgets) > img") if i["w"] > 0]
+    report["plots"] = len(plots)
+    if len(plots) < 5:
+        failures.append(f"only {len(plots)} matplotlib plot(s) rendered with pixels (expected >= 5)")
+    first_plot = page.locator(".jp-OutputArea-output > img").first
+    first_plot.scroll_into_view_if_needed()
+    first_plot.screenshot(path=str(out / "01_first_plot.png"))
+    return failures
+
+
+def check_widget(page, out: Path, report: dict) -> list[str]:
+    """The LayerExplorer renders its controls and plot, and redraws after T is set to 5."""
+    explorer = page.locator(".dsnot-layer-explorer")
+    if not explorer.count():
+        return ["the LayerExplorer widget did not render (no .dsnot-layer-explorer element)"]
+    failures: list[str] = []
+    explorer.scroll_into_view_if_needed()
+    sliders = explorer.locator(".widget-slider, .jupyter-widget-slider").count()
+    dropdowns = explorer.locator("select").count()
+    image = explorer.locator("img")
+    info = page.evaluate(IMAGES_JS, ".dsnot-layer-explorer img")
+    report.update(sliders=sliders, dropdowns=dropdowns, widget_image=info)
+    if sliders < 4 or dropdowns < 6:
+        failures.append(f"widget controls missing: {sliders} sliders, {dropdowns} dropdowns")
+    shown = page.evaluate(
+        "() => Array.from(document.querySelectorAll('.dsnot-layer-explorer select'))"
+        ".map(s => s.selectedIndex >= 0 ? s.options[s.selectedIndex].text : '')"
+    )  # fmt: skip
+    report["dropdown_values"] = shown
+    if not all(shown):
+        failures.append(f"a dropdown shows no value: {shown}")
+    if not info or info[0]["w"] == 0:
+        failures.append("the widget's plot image has no pixels")
+    page.wait_for_timeout(500)
+    explorer.screenshot(path=str(out / "01_widget.png"))
+    page.screenshot(path=str(out / "01_page.png"))
+    # live update: type T = 5 into the T slider's readout, wait for a new plot
+    before = image.first.get_attribute("src")
+    t_slider = explorer.locator(
+        ".widget-slider:has-text('T (max swaps)'), .jupyter-widget-slider:has-text('T (max swaps)')"
+    ).first
+    readout = t_slider.locator(".widget-readout").first
+    readout.click()
+    page.keyboard.press("Control+A")
+    page.keyboard.type("5")
+    page.keyboard.press("Enter")
+    try:
+        page.wait_for_function(
+            "(before) => { const i = document.querySelector('.dsnot-layer-explorer img'); return i && i.src !== before; }",
+            arg=before, timeout=60_000,
+        )  # fmt: skip
+        page.wait_for_timeout(800)
+        report["live_update"] = True
+        report["status_after_T5"] = explorer.locator(".widget-html").nth(1).inner_text()
+        explorer.screenshot(path=str(out / "01_widget_after_T5.png"))
+    except Exception as exc:
+        report["live_update"] = False
+        failures.append(f"the widget did not redraw after setting T = 5 ({type(exc).__name__})")
+    return failures
 
 
 def main() -> int:
