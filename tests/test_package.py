@@ -1,4 +1,4 @@
-"""Smoke test: the package imports from the installed (editable) location and has a version."""
+"""The package itself: where it imports from, its version and metadata, and the one-way layering of its imports."""
 
 import re
 from pathlib import Path
