@@ -379,9 +379,18 @@ def write_all(table: str | os.PathLike, out_dir: str | os.PathLike = "figures") 
     if zero_shot is not None:
         written.append(save_text(zero_shot, out / "table6_zero_shot.md"))
     index = ["# Generated figures and tables", "",
-             f"Made by `python -m dsnot_lite figures --table {Path(table).as_posix()}` from {len(frame)} of its "
+             f"Made by `python -m dsnot_lite figures --table {_shown(table)}` from {len(frame)} of its "
              f"{len(full)} configurations (one protocol: {_setting(frame)}). Every number labelled *ours* comes from "
              f"that table; numbers labelled *paper* are quoted from {PAPER_SOURCE} (LLaMA/OPT models, not run here).", ""]  # fmt: skip
     index += [f"- `{p.name}`" for p in written]
     written.append(save_text("\n".join(index) + "\n", out / "INDEX.md"))
     return written
+
+
+def _shown(table: str | Path) -> str:
+    """The table's path as a reader would type it: relative to the checkout when inside it."""
+    from dsnot_lite.study import workspace
+
+    path = Path(table).resolve()
+    root = workspace.root().resolve()
+    return path.relative_to(root).as_posix() if path.is_relative_to(root) else Path(table).as_posix()
