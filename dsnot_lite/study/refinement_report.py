@@ -318,10 +318,14 @@ def _grid_figure(grid: dict[str, dict]):
                     ls="--" if name in ("none", "per-row start") else "-",
                     label=name,
                 )
+        ax.set_title(f"start: {method}{' (mask only)' if method == 'sparsegpt' else ''}")
+        if not ax.lines:
+            ax.text(0.5, 0.5, "no run stored yet", ha="center", va="center", transform=ax.transAxes)
+            ax.set_axis_off()
+            continue
         log_axis(ax)
         ax.set_xlabel("sparsity (% of weights pruned)")
         ax.set_ylabel("WikiText-2 perplexity (log scale)")
-        ax.set_title(f"start: {method}{' (mask only)' if method == 'sparsegpt' else ''}")
         ax.legend(fontsize=7)
     fig.suptitle("Grid: perplexity by sparsity, start and refiner (seed 0, first 32 test windows)")
     return fig
