@@ -239,7 +239,9 @@ def _layers(headline: dict[str, list[dict]]) -> list[str]:
              f"Relative output error ||dW X|| / ||W X|| on the calibration tokens, mean over the {blocks} blocks; "
              "*mean share* is the fraction of the Wanda mask's squared error that is its mean part "
              "N (dW mu)^2 (spec section 6), the only part DSnoT's criteria look at; *raised in* counts the "
-             "blocks where the refiner made the layer's error larger.", "",
+             "blocks where the refiner made the layer's error larger than its own start mask's (each run prunes "
+             "block after block, so from block 1 on its start masks see other inputs: compare *raised in*, not "
+             "the error columns across runs, block by block).", "",
              "| layer | Wanda error | mean share | " + " | ".join(f"{n}: error | raised in" for n in frames) + " |",
              "|---|---|---|" + "---|---|" * len(frames)]  # fmt: skip
     for t in types:
