@@ -41,8 +41,8 @@ def demo(sparsity: float = 0.6, progress: bool = True) -> str:
     lines += [""] + [f"- {label}: {text}" for label, text in verdict.items()]
     seconds = time.perf_counter() - start
     lines += ["", f"{lab.computed} of {len(runs)} runs computed now, {seconds:.0f} s; runs in `{lab.cache.folder}`. "
-              "The full study (three seeds, the whole test set, every sparsity and starting mask): "
-              "`studies/refinement-smollm2-135m/README.md`."]  # fmt: skip
+              "The study (the whole test set, calibration seeds, every sparsity and starting mask; its first line "
+              "says which runs are stored): `studies/refinement-smollm2-135m/README.md`."]  # fmt: skip
     text = "\n".join(lines) + "\n"
     atomic_write_text(workspace.results_dir("demo.md"), text)
     write_json(runs["Wanda + DSnoT (official)"], workspace.results_dir("demo.json"))
