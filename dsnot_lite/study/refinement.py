@@ -47,7 +47,6 @@ HEADLINE_WINDOWS = {"smollm2-135m": None, "gemma3-270m": 64}
 HEADLINE_SEEDS = {"smollm2-135m": SEEDS, "gemma3-270m": (0,)}
 PLANNED = {"gemma3-270m": ("headline",)}  # a model's stages when none are named (default: all of STAGES)
 TUNED_ON = "smollm2-135m"  # models without their own tune stage use the setting tuned on this one
-SPARSITIES = (0.5, 0.6, 0.7, 0.8)
 GRID_ORDER = (0.6, "2:4", 0.7, 0.5, 0.8)  # the grid is computed in this order: the levels the story needs first
 METHODS = ("magnitude", "wanda", "sparsegpt")
 TOKEN_EPS = 0.1 / 512  # the official epsilon on the token-mean scale (R1: E[A] is seqlen x the token mean)

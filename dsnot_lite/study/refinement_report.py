@@ -152,10 +152,11 @@ def _grid(grid: dict[str, dict]) -> list[str]:
     dense = grid.get("dense")
     for level in LEVELS:
         head = [v for v in variants if any(f"+ {v} | {level}" in k for k in grid)]
+        shown = level if level == "2:4" else f"{float(level):.0%}"
         if not head and f"sparsegpt (full) | {level}" not in grid:
-            lines += [f"### {level if level == '2:4' else f'{float(level):.0%}'}: no run stored yet", ""]
+            lines += [f"### {shown}: no run stored yet", ""]
             continue
-        lines += [f"### {level if level == '2:4' else f'{float(level):.0%}'} (dense {_fmt(dense['ppl']) if dense else '–'}, "
+        lines += [f"### {shown} (dense {_fmt(dense['ppl']) if dense else '–'}, "
                   f"full SparseGPT {_fmt(grid.get(f'sparsegpt (full) | {level}', {}).get('ppl'))})", "",
                   "| start | " + " | ".join(head) + " |", "|---|" + "---|" * len(head)]  # fmt: skip
         for method in ("magnitude", "wanda", "sparsegpt"):
