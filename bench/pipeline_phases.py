@@ -9,7 +9,7 @@ Writes ``bench/results/pipeline_phases[-<label>].json`` and ``.md``. A plain scr
 **SmolLM2-135M** (default): every round runs each configuration once, in turn, through
 ``runs.runner.run`` (the code ``python -m dsnot_lite run`` executes), and reads the seconds per
 phase that the runner's ``PhaseTimer`` records. Configurations: Wanda, Wanda + DSnoT (official),
-Wanda + DSnoT with per-layer error records (``--record-errors``), Wanda + the exact refiner, full
+Wanda + DSnoT with per-layer error records (``--record-errors``), Wanda + the exact refiner (T = 50, and T = 10), full
 SparseGPT. *Pruning phases* = capture + statistics + prune + refine + block forward (model
 loading, data and evaluation excluded; evaluation is cut to one window). Reported: the median of
 each phase over rounds, and the ratio of pruning phases to Wanda's taken within each round
@@ -38,6 +38,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from dsnot_lite.core.exact import ExactConfig  # noqa: E402
 from dsnot_lite.runs.io import atomic_write_text, write_json  # noqa: E402
 from dsnot_lite.runs.pipeline import PhaseTimer, prune_model  # noqa: E402
 from dsnot_lite.runs.runner import ModelSession, run  # noqa: E402
@@ -47,8 +48,9 @@ PRUNING_PHASES = ("capture", "statistics", "prune", "refine", "block_forward")
 CONFIGS = {  # label -> RunSpec changes
     "wanda": {},
     "wanda + DSnoT (official)": {"refiner": "dsnot"},
-    "wanda + DSnoT, --record-errors": {"refiner": "dsnot", "record_errors": True},
+    "wanda + DSnoT (--record-errors)": {"refiner": "dsnot", "record_errors": True},
     "wanda + exact": {"refiner": "exact"},
+    "wanda + exact (T = 10)": {"refiner": "exact", "exact": ExactConfig(T=10)},
     "sparsegpt (full)": {"method": "sparsegpt"},
 }
 
@@ -142,7 +144,8 @@ def markdown(result: dict, command: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main(argv=None) -> None:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line; ``--configs`` becomes a list of labels of ``CONFIGS`` (an unknown one is a usage error)."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--nsamples", type=int, default=16)
@@ -163,6 +166,11 @@ def main(argv=None) -> None:
     unknown = [c for c in args.configs if c not in CONFIGS]
     if unknown or args.configs[0] != "wanda":
         parser.error(f"--configs must start with wanda and name only {list(CONFIGS)}; got {args.configs}")
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.quick:

@@ -1,0 +1,32 @@
+"""The benchmark scripts' command lines (plain scripts under bench/, not part of the package)."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "bench"
+
+
+def _load(name: str):
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCH / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_pipeline_phases_default_configs_are_all_known():
+    phases = _load("pipeline_phases")
+    args = phases.parse_args([])
+    assert args.configs == list(phases.CONFIGS)  # no label may contain the separator ","
+
+
+def test_pipeline_phases_picks_configs_and_rejects_unknown_ones(capsys):
+    phases = _load("pipeline_phases")
+    assert phases.parse_args(["--configs", "wanda, wanda + exact (T = 10)"]).configs == ["wanda", "wanda + exact (T = 10)"]
+    for bad in ("wanda,nope", "sparsegpt (full),wanda"):
+        with pytest.raises(SystemExit):
+            phases.parse_args(["--configs", bad])
+        assert "--configs must start with wanda" in capsys.readouterr().err
