@@ -27,6 +27,7 @@ import argparse
 import os
 import platform
 import resource
+import shlex
 import statistics
 import subprocess
 import sys
@@ -185,7 +186,7 @@ def main(argv: list[str] | None = None) -> None:
                   versions={"torch": torch.__version__, "python": platform.python_version()})  # fmt: skip
     out = Path(args.out)
     write_json(result, out / f"pipeline_phases{label}.json")
-    command = "python bench/pipeline_phases.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    command = "python bench/pipeline_phases.py " + shlex.join(argv if argv is not None else sys.argv[1:])
     atomic_write_text(out / f"pipeline_phases{label}.md", markdown(result, command.strip()))
     log(f"wrote {out / f'pipeline_phases{label}.md'}")
 
