@@ -10,6 +10,7 @@ reports the difference of every calibration seed on its own (the seed spread).
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -38,11 +39,13 @@ class PairedDifference:
         same_sign = all(d < 0 for d in self.per_seed) or all(d > 0 for d in self.per_seed)
         return (self.high < 0 or self.low > 0) and same_sign
 
-    def text(self) -> str:
-        """``-12.3% [-13.0, -11.6]`` (perplexity change of B against A, 95% interval, seeds)."""
+    def text(self, seeds: Sequence[int] | None = None) -> str:
+        """``-12.3% [-13.0, -11.6] (seeds: -12.0, -12.6)``: perplexity change of B against A, its 95%
+        interval and each seed's own change; ``seeds`` names them (``(seeds 0, 1: ...)``)."""
         r, lo, hi = self.ratio
-        seeds = ", ".join(f"{100 * (math.exp(d) - 1):+.1f}" for d in self.per_seed)
-        return f"{100 * (r - 1):+.1f}% [{100 * (lo - 1):+.1f}, {100 * (hi - 1):+.1f}] (seeds: {seeds})"
+        changes = ", ".join(f"{100 * (math.exp(d) - 1):+.1f}" for d in self.per_seed)
+        named = "seeds" if seeds is None else f"seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))}"
+        return f"{100 * (r - 1):+.1f}% [{100 * (lo - 1):+.1f}, {100 * (hi - 1):+.1f}] ({named}: {changes})"
 
 
 def paired_difference(a_runs: list[dict], b_runs: list[dict], seed: int = 0) -> PairedDifference:

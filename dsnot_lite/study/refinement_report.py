@@ -106,22 +106,34 @@ def _headline(headline: dict[str, list[dict]], tuned: str | None) -> list[str]:
     for label in HEADLINE_ORDER:
         runs = headline.get(label, [])
         ppls = [r["ppl"] for r in runs]
-        cells = [_fmt(p) for p in ppls] + ["–"] * (3 - len(ppls))
+        by_seed = {r.get("seed", 0): r["ppl"] for r in runs}
+        cells = [_fmt(by_seed[s]) if s in by_seed else "–" for s in range(3)]
         mean = _fmt(statistics.fmean(ppls)) if ppls else "–"
-        change = paired_difference(base, runs).text() if label not in ("wanda", "dense") and _pairable(base, runs) else ""
+        change = _paired_text(base, runs) if label not in ("wanda", "dense") else ""
         shown = f"{label} = `{tuned}`" if label == "wanda + DSnoT (tuned)" and tuned else label
         lines.append(f"| {shown} | " + " | ".join(cells[:3]) + f" | {mean} | {change} |")
     lines += ["", "Paired comparisons (B against A; negative = B has the lower perplexity):", ""]
     for b, a in COMPARISONS:
-        if _pairable(headline.get(a, []), headline.get(b, [])):
-            diff = paired_difference(headline[a], headline[b])
+        a_runs, b_runs, seeds = _same_seeds(headline.get(a, []), headline.get(b, []))
+        if seeds:
+            diff = paired_difference(a_runs, b_runs)
             verdict = ("B better" if diff.mean < 0 else "A better") if diff.decided else "undecided"
-            lines.append(f"- {b} vs {a}: {diff.text()}; {verdict} over {diff.windows} windows")
+            lines.append(f"- {b} vs {a}: {diff.text(seeds)}; {verdict} over {diff.windows} windows")
     return [*lines, ""]
 
 
-def _pairable(a: list[dict], b: list[dict]) -> bool:
-    return bool(a) and bool(b) and (len(a) == len(b) or len(a) == 1)
+def _same_seeds(a: list[dict], b: list[dict]) -> tuple[list[dict], list[dict], list[int]]:
+    """The runs of A and of B made with the same calibration seeds, in seed order, and those seeds:
+    a paired comparison never sets one seed's run against another seed's."""
+    a_by, b_by = ({r.get("seed", 0): r for r in runs} for runs in (a, b))
+    seeds = sorted(a_by.keys() & b_by.keys())
+    return [a_by[s] for s in seeds], [b_by[s] for s in seeds], seeds
+
+
+def _paired_text(a: list[dict], b: list[dict]) -> str:
+    """B's change against A over their common seeds, or "" when they share none."""
+    a_runs, b_runs, seeds = _same_seeds(a, b)
+    return paired_difference(a_runs, b_runs).text(seeds) if seeds else ""
 
 
 def _tuning(tune: dict[str, dict], tuned: str | None) -> list[str]:

@@ -45,3 +45,10 @@ def test_runs_on_other_windows_are_refused():
         paired_difference([_run([1.0])], [_run([1.0], split="validation")])
     with pytest.raises(ValueError, match="cannot pair"):
         paired_difference([_run([1.0])] * 2, [_run([1.0])] * 3)
+
+
+def test_the_text_names_the_seeds_it_rests_on():
+    d = paired_difference([_run([1.0, 1.0])] * 2, [_run([1.1, 1.1]), _run([0.9, 0.9])])
+    assert d.text().endswith("(seeds: +10.5, -9.5)")
+    assert d.text([0, 2]).endswith("(seeds 0, 2: +10.5, -9.5)")
+    assert paired_difference([_run([1.0])], [_run([1.1])]).text([1]).endswith("(seed 1: +10.5)")

@@ -66,3 +66,20 @@ def test_the_report_is_built_from_whatever_is_stored(tmp_path):
     assert f"tune {len(study.tune_specs())}/{len(study.tune_specs())}" in readme and "grid 0/" in readme
     assert "(no grid run stored yet)" in readme
     assert len((tmp_path / "s" / "results.csv").read_text().splitlines()) == 1 + len(study.tune_specs()) + len(head)
+
+
+def test_paired_comparisons_only_pair_runs_of_the_same_seed(tmp_path):
+    """With seeds still missing on one side, a comparison rests on the seeds both sides have, named."""
+    study = Study(folder=tmp_path / "s")
+    head = study.specs("headline")
+    nll = {"wanda": 5.0, "wanda + exact": 4.8, "sparsegpt": 4.9}
+    for label, spec in head.items():
+        name, seed = label.split(" | ")[0], spec.seed
+        if name in nll and (seed == 0 or (seed == 1 and name != "sparsegpt")):
+            _store(study, spec, ppl=100.0, nll=nll[name] + (0.5 if seed == 1 else 0.0))
+    refinement_report.write_report(study)
+    readme = (tmp_path / "s" / "README.md").read_text()
+    # exact vs sparsegpt: seed 0 only (-0.1 in log-ppl), never exact's seed 1 against sparsegpt's seed 0
+    assert "wanda + exact vs sparsegpt: -9.5% [-9.5, -9.5] (seed 0: -9.5)" in readme
+    assert "wanda + exact vs wanda: -18.1% [-18.1, -18.1] (seeds 0, 1: -18.1, -18.1)" in readme
+    assert "| sparsegpt | 100.00 | – | – |" in readme
