@@ -13,7 +13,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from dsnot_lite.runs import io, schema
-from dsnot_lite.study.intervals import paired_difference
+from dsnot_lite.study.intervals import PairedDifference, paired_difference
 from dsnot_lite.study.style import AFTER, BEFORE, PALETTE, log_axis, new_figure, save_figure, save_text
 
 HEADLINE_ORDER = ("dense", "wanda", "wanda + DSnoT (official)", "wanda + DSnoT (tuned)", "wanda + exact", "sparsegpt")
@@ -111,29 +111,30 @@ def _headline(headline: dict[str, list[dict]], tuned: str | None) -> list[str]:
         mean = _fmt(statistics.fmean(ppls)) if ppls else "–"
         change = _paired_text(base, runs) if label not in ("wanda", "dense") else ""
         shown = f"{label} = `{tuned}`" if label == "wanda + DSnoT (tuned)" and tuned else label
-        lines.append(f"| {shown} | " + " | ".join(cells[:3]) + f" | {mean} | {change} |")
+        lines.append(f"| {shown} | " + " | ".join(cells) + f" | {mean} | {change} |")
     lines += ["", "Paired comparisons (B against A; negative = B has the lower perplexity):", ""]
     for b, a in COMPARISONS:
-        a_runs, b_runs, seeds = _same_seeds(headline.get(a, []), headline.get(b, []))
-        if seeds:
-            diff = paired_difference(a_runs, b_runs)
+        diff, seeds = _paired(headline.get(a, []), headline.get(b, []))
+        if diff is not None:
             verdict = ("B better" if diff.mean < 0 else "A better") if diff.decided else "undecided"
             lines.append(f"- {b} vs {a}: {diff.text(seeds)}; {verdict} over {diff.windows} windows")
     return [*lines, ""]
 
 
-def _same_seeds(a: list[dict], b: list[dict]) -> tuple[list[dict], list[dict], list[int]]:
-    """The runs of A and of B made with the same calibration seeds, in seed order, and those seeds:
-    a paired comparison never sets one seed's run against another seed's."""
+def _paired(a: list[dict], b: list[dict]) -> tuple[PairedDifference | None, list[int]]:
+    """B against A over the calibration seeds both have (None when they share none), and those
+    seeds: a paired comparison never sets one seed's run against another seed's."""
     a_by, b_by = ({r.get("seed", 0): r for r in runs} for runs in (a, b))
     seeds = sorted(a_by.keys() & b_by.keys())
-    return [a_by[s] for s in seeds], [b_by[s] for s in seeds], seeds
+    if not seeds:
+        return None, []
+    return paired_difference([a_by[s] for s in seeds], [b_by[s] for s in seeds]), seeds
 
 
 def _paired_text(a: list[dict], b: list[dict]) -> str:
     """B's change against A over their common seeds, or "" when they share none."""
-    a_runs, b_runs, seeds = _same_seeds(a, b)
-    return paired_difference(a_runs, b_runs).text(seeds) if seeds else ""
+    diff, seeds = _paired(a, b)
+    return "" if diff is None else diff.text(seeds)
 
 
 def _tuning(tune: dict[str, dict], tuned: str | None) -> list[str]:
