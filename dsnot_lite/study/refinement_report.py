@@ -161,7 +161,10 @@ def _grid(grid: dict[str, dict]) -> list[str]:
     lines = ["## Grid: every start, level and refiner (seed 0, first 32 test windows)", "",
              "Perplexity; ↓ / ↑ mark cells whose 95% interval against the refiner's start (the plain run in the "
              "first column; for magnitude the per-row start, since plain magnitude uses one threshold per layer) "
-             "lies entirely below / above it.", ""]  # fmt: skip
+             "lies entirely below / above it. Refiners: DSnoT `official`, the DSnoT setting chosen in the tuning "
+             "table, the exact refiner, and at 60% also DSnoT `paper` and DSnoT followed by exact (`dsnot+exact`); "
+             "the other DSnoT variants (epsilon on the token-mean scale, the variance floor) are compared in the "
+             "tuning table only.", ""]  # fmt: skip
     dense = grid.get("dense")
     for level in LEVELS:
         head = [v for v in variants if any(f"+ {v} | {level}" in k for k in grid)]
