@@ -321,7 +321,7 @@ def criterion_figure(frame):
         grid = grid.loc[[r for r in ("eq2", "eq3", "wanda", "magnitude") if r in grid.index],
                         [c for c in ("wanda", "eq3", "eq2", "magnitude") if c in grid.columns]]  # fmt: skip
         grid.index.name, grid.columns.name = "prune criterion", "grow criterion"
-        criterion_heatmap(grid, axes[0, 0], title=f"Ours: {model}, Wanda 60%, official preset ({len(sel)} runs)",
+        criterion_heatmap(grid, axes[0, 0], title=f"Ours: {model}, Wanda 60%, official preset ({len(pairs)} grow x prune pairs)",
                           label="WikiText-2 perplexity", fmt="{:.2f}")  # fmt: skip
     else:
         axes[0, 0].text(0.5, 0.5, "This table has no grow x prune grid\nfor Wanda 60% + DSnoT.\n\n"
@@ -343,7 +343,8 @@ def layer_figure(frame, table_dir: Path):
     sel = frame[(frame["refiner"] == "dsnot") & (frame["method"] == "wanda") & frame["output"].notna()]
     sel = sel[sel.apply(is_preset_default, axis=1) & (sel["preset"] == "official")]
     for _, row in sel.iloc[::-1].iterrows():
-        path = next((p for p in (Path(row["output"]), table_dir / Path(row["output"]).name) if p.is_file()), None)
+        output = Path(row["output"])  # absolute (a run's own table) or relative to the table (the study's)
+        path = next((p for p in (output, table_dir / output, table_dir / output.name) if p.is_file()), None)
         data = read_json(path) if path else None
         if data and data.get("layers") and data["layers"][0].get("error_initial") is not None:
             lf = layer_frame(data)

@@ -51,8 +51,11 @@ def write_report(study, planned: tuple[str, ...] = ("tune", "headline", "grid", 
             lines += sections[stage]() if stage in stages else _tuning({}, study.tuned_variant())
     lines += _layers(headline) + _costs(headline)
     folder = study.folder
-    written = [_results_table(stages, folder / "results.csv")]
-    figures = [("fig_headline.png", _headline_figure(headline)), ("fig_grid.png", _grid_figure(stages.get("grid", {})))]
+    written = [_results_table(stages, folder / "results.csv", study.cache.folder.relative_to(folder))]
+    figures = [
+        ("fig_headline.png", _headline_figure(headline, study.model)),
+        ("fig_grid.png", _grid_figure(stages.get("grid", {}), study.model)),
+    ]
     for name, fig in figures:
         if fig is not None:
             written.append(save_figure(fig, folder / name))
@@ -289,14 +292,20 @@ def _costs(headline: dict[str, list[dict]]) -> list[str]:
     return [*lines, "", "Statistics include each layer's Gram matrix (every study run records per-layer errors).", ""]
 
 
-def _results_table(stages: dict[str, dict[str, dict]], path: Path) -> Path:
-    rows = [
-        {"stage": stage, "label": label, **schema.table_row(r)} for stage, runs in stages.items() for label, r in runs.items()
-    ]
+def _results_table(stages: dict[str, dict[str, dict]], path: Path, runs: Path) -> Path:
+    """The study's table; ``output`` is ``runs`` (relative to the table's folder) / the run's file name,
+    so a clone anywhere finds the runs."""
+    rows = []
+    for stage, results in stages.items():
+        for label, r in results.items():
+            row = {"stage": stage, "label": label, **schema.table_row(r)}
+            if row.get("output"):
+                row["output"] = (runs / Path(row["output"]).name).as_posix()
+            rows.append(row)
     return io.write_rows(rows, path, ("stage", "label", *schema.TABLE_COLUMNS))
 
 
-def _headline_figure(headline: dict[str, list[dict]]):
+def _headline_figure(headline: dict[str, list[dict]], model: str):
     labels = [label for label in HEADLINE_ORDER if headline.get(label)]
     if len(labels) < 2:
         return None
@@ -307,21 +316,22 @@ def _headline_figure(headline: dict[str, list[dict]]):
         color = BEFORE if label in ("wanda", "sparsegpt", "dense") else AFTER
         ax.barh(i, statistics.fmean(ppls), color=color)
         ax.scatter(ppls, [i] * len(ppls), color="black", s=12, zorder=3)
-        ax.text(statistics.fmean(ppls), i, f"  {statistics.fmean(ppls):.1f}", va="center", fontsize=8)
+        ax.text(max(ppls), i, f"  {statistics.fmean(ppls):.1f}", va="center", fontsize=8)  # right of the dots
     ax.set_yticks(range(len(labels)), labels)
     ax.invert_yaxis()
     ax.set_xlabel("WikiText-2 test perplexity (bars: mean over seeds, dots: each seed)")
-    ax.set_title("Wanda 60% on SmolLM2-135M: refiners compared (lower is better)")
+    ax.set_title(f"Wanda 60% on {model}: refiners compared (lower is better)")
     return fig
 
 
-def _grid_figure(grid: dict[str, dict]):
+def _grid_figure(grid: dict[str, dict], model: str):
     if not grid:
         return None
     fig, axes = new_figure(1, 3, size=(15.0, 4.2))
+    # one colour per refiner in every panel, in the order the grid lists them
+    refiners = list(dict.fromkeys(label.split(" | ")[0].split(" + ", 1)[1] for label in grid if " + " in label))
     for ax, method in zip(axes[0], ("magnitude", "wanda", "sparsegpt")):
-        names = sorted({label.split(" | ")[0].split(" + ", 1)[1] for label in grid if label.startswith(f"{method} + ")})
-        for i, name in enumerate(names):
+        for i, name in enumerate(refiners):
             xs, ys = [], []
             for level in LEVELS[:4]:
                 r = grid.get(f"{method} + {name} | {level}")
@@ -337,6 +347,10 @@ def _grid_figure(grid: dict[str, dict]):
                     ls="--" if name in ("none", "per-row start") else "-",
                     label=name,
                 )
+        full = [(100 * float(level), grid[f"sparsegpt (full) | {level}"]["ppl"])
+                for level in LEVELS[:4] if f"sparsegpt (full) | {level}" in grid]  # fmt: skip
+        if ax.lines and full:  # the reference: SparseGPT with its weight update
+            ax.plot(*zip(*full), color="grey", ls=":", marker="x", label="full SparseGPT")
         ax.set_title(f"start: {method}{' (mask only)' if method == 'sparsegpt' else ''}")
         if not ax.lines:
             ax.text(0.5, 0.5, "no run stored yet", ha="center", va="center", transform=ax.transAxes)
@@ -346,5 +360,5 @@ def _grid_figure(grid: dict[str, dict]):
         ax.set_xlabel("sparsity (% of weights pruned)")
         ax.set_ylabel("WikiText-2 perplexity (log scale)")
         ax.legend(fontsize=7)
-    fig.suptitle("Grid: perplexity by sparsity, start and refiner (seed 0, first 32 test windows)")
+    fig.suptitle(f"Grid on {model}: perplexity by sparsity, start and refiner (seed 0, first 32 test windows)")
     return fig

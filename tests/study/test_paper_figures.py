@@ -120,9 +120,11 @@ def test_criterion_figure_says_when_there_is_no_grid(tmp_path):
     fake_run(
         tmp_path, 18.0, method="wanda", sparsity=0.6, refiner="dsnot", dsnot=dataclasses.replace(preset("official"), grow="wanda")
     )
+    # the same pair once more, in a zero-shot run (another run, the same cell)
+    fake_run(tmp_path, 17.0, method="wanda", sparsity=0.6, refiner="dsnot", tasks=("wikitext2_lastword",))
     fig = paper_figures.criterion_figure(paper_figures.load_table(tmp_path / "results.csv"))
     ours = fig.axes[0]
-    assert "2 runs" in ours.get_title()
+    assert "(2 grow x prune pairs)" in ours.get_title()
     cells = sorted(t.get_text() for t in ours.texts)
     assert "17.00" in cells and "18.00" in cells and "no grow" not in " ".join(cells)
 

@@ -3,6 +3,8 @@ stored runs (fake records here: the study's real runs take hours)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from dsnot_lite.runs import schema
@@ -66,6 +68,9 @@ def test_the_report_is_built_from_whatever_is_stored(tmp_path):
     assert f"tune {len(study.tune_specs())}/{len(study.tune_specs())}" in readme and "grid 0/" in readme
     assert "(no grid run stored yet)" in readme
     assert len((tmp_path / "s" / "results.csv").read_text().splitlines()) == 1 + len(study.tune_specs()) + len(head)
+    # the table names each run relative to itself, so a clone in another folder finds the runs
+    outputs = schema.read_table(tmp_path / "s" / "results.csv")["output"]
+    assert all(not Path(o).is_absolute() and (tmp_path / "s" / o).is_file() for o in outputs)
 
 
 def test_paired_comparisons_only_pair_runs_of_the_same_seed(tmp_path):
@@ -83,3 +88,16 @@ def test_paired_comparisons_only_pair_runs_of_the_same_seed(tmp_path):
     assert "wanda + exact vs sparsegpt: -9.5% [-9.5, -9.5] (seed 0: -9.5)" in readme
     assert "wanda + exact vs wanda: -18.1% [-18.1, -18.1] (seeds 0, 1: -18.1, -18.1)" in readme
     assert "| sparsegpt | 100.00 | – | – |" in readme
+
+
+def test_the_figures_name_the_model_they_show():
+    run = {"ppl": 100.0}
+    fig = refinement_report._headline_figure({"wanda": [run], "wanda + exact": [run]}, "gemma3-270m")
+    assert "gemma3-270m" in fig.axes[0].get_title()
+    grid = {"magnitude + none | 0.6": run, "magnitude + exact | 0.6": run, "wanda + exact | 0.6": run,
+            "sparsegpt (full) | 0.6": run}  # fmt: skip
+    fig = refinement_report._grid_figure(grid, "gemma3-270m")
+    assert "gemma3-270m" in fig.texts[0].get_text()
+    colour = {ax.get_title(): {line.get_label(): line.get_color() for line in ax.lines} for ax in fig.axes}
+    assert colour["start: magnitude"]["exact"] == colour["start: wanda"]["exact"]  # one colour per refiner
+    assert "full SparseGPT" in colour["start: wanda"]  # the reference in every panel with runs
