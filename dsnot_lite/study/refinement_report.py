@@ -109,8 +109,8 @@ def _headline(headline: dict[str, list[dict]], tuned: str | None) -> list[str]:
     for label in HEADLINE_ORDER:
         runs = headline.get(label, [])
         ppls = [r["ppl"] for r in runs]
-        by_seed = {r.get("seed", 0): r["ppl"] for r in runs}
-        cells = [_fmt(by_seed[s]) if s in by_seed else "–" for s in range(3)]
+        by_seed = _runs_of_seed(runs)
+        cells = [_fmt(by_seed[s]["ppl"]) if s in by_seed else "–" for s in range(3)]
         mean = _fmt(statistics.fmean(ppls)) if ppls else "–"
         change = _paired_text(base, runs) if label not in ("wanda", "dense") else ""
         shown = f"{label} = `{tuned}`" if label == "wanda + DSnoT (tuned)" and tuned else label
@@ -124,10 +124,15 @@ def _headline(headline: dict[str, list[dict]], tuned: str | None) -> list[str]:
     return [*lines, ""]
 
 
+def _runs_of_seed(runs: list[dict]) -> dict[int, dict]:
+    """``{calibration seed: run}``."""
+    return {r.get("seed", 0): r for r in runs}
+
+
 def _paired(a: list[dict], b: list[dict]) -> tuple[PairedDifference | None, list[int]]:
     """B against A over the calibration seeds both have (None when they share none), and those
     seeds: a paired comparison never sets one seed's run against another seed's."""
-    a_by, b_by = ({r.get("seed", 0): r for r in runs} for runs in (a, b))
+    a_by, b_by = _runs_of_seed(a), _runs_of_seed(b)
     seeds = sorted(a_by.keys() & b_by.keys())
     if not seeds:
         return None, []
@@ -160,7 +165,7 @@ def _tuning(tune: dict[str, dict], tuned: str | None) -> list[str]:
 def _grid(grid: dict[str, dict]) -> list[str]:
     if not grid:
         return ["## Grid", "", "(no grid run stored yet)", ""]
-    variants = list(dict.fromkeys(label.split(" | ")[0].split(" + ", 1)[1] for label in grid if " + " in label))
+    variants = _grid_refiners(grid)
     lines = ["## Grid: every start, level and refiner (seed 0, first 32 test windows)", "",
              "Perplexity; ↓ / ↑ mark cells whose 95% interval against the refiner's start (the plain run in the "
              "first column; for magnitude the per-row start, since plain magnitude uses one threshold per layer) "
@@ -191,6 +196,11 @@ def _grid(grid: dict[str, dict]) -> list[str]:
             lines.append(f"| {method}{' (mask only)' if method == 'sparsegpt' else ''} | " + " | ".join(cells) + " |")
         lines.append("")
     return lines
+
+
+def _grid_refiners(grid: dict[str, dict]) -> list[str]:
+    """The refiners of the grid's ``"start + refiner | level"`` labels, in the order the grid lists them."""
+    return list(dict.fromkeys(label.split(" | ")[0].split(" + ", 1)[1] for label in grid if " + " in label))
 
 
 def _criteria(criteria: dict[str, dict]) -> list[str]:
@@ -328,8 +338,7 @@ def _grid_figure(grid: dict[str, dict], model: str):
     if not grid:
         return None
     fig, axes = new_figure(1, 3, size=(15.0, 4.2))
-    # one colour per refiner in every panel, in the order the grid lists them
-    refiners = list(dict.fromkeys(label.split(" | ")[0].split(" + ", 1)[1] for label in grid if " + " in label))
+    refiners = _grid_refiners(grid)  # one colour per refiner in every panel
     for ax, method in zip(axes[0], ("magnitude", "wanda", "sparsegpt")):
         for i, name in enumerate(refiners):
             xs, ys = [], []
