@@ -58,8 +58,8 @@ from dsnot_lite.core.dsnot import dsnot, preset  # noqa: E402
 from dsnot_lite.core.exact import ExactConfig, exact_refine  # noqa: E402
 from dsnot_lite.core.pruners import initial_mask, sparsegpt_inverse_hessian_diag, sparsegpt_prune  # noqa: E402
 from dsnot_lite.core.stats import ChannelStats  # noqa: E402
+from dsnot_lite.plots.style import save_figure  # noqa: E402
 from dsnot_lite.runs.io import atomic_write_text  # noqa: E402
-from dsnot_lite.study.style import save_figure  # noqa: E402
 
 SHAPES = {
     "7b": [(4096, 4096), (11008, 4096), (4096, 11008)],

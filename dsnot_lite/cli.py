@@ -246,7 +246,8 @@ def cmd_demo(args) -> int:
 
 
 def cmd_figures(args) -> int:
-    from dsnot_lite.study import paper_figures, workspace
+    from dsnot_lite.runs import workspace
+    from dsnot_lite.study import paper_figures
 
     table = args.table or workspace.study_dir() / "results.csv"
     paths = paper_figures.write_all(table, args.out or workspace.figures_dir())

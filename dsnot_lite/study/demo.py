@@ -13,11 +13,11 @@ from __future__ import annotations
 import math
 import time
 
+from dsnot_lite.runs import workspace
 from dsnot_lite.runs.io import atomic_write_text, write_json
+from dsnot_lite.runs.model_lab import ModelLab
 from dsnot_lite.runs.spec import RunSpec
-from dsnot_lite.study import workspace
 from dsnot_lite.study.intervals import paired_difference
-from dsnot_lite.study.model_lab import ModelLab
 
 QUICK = RunSpec(nsamples=16, seqlen=256, max_windows=16)
 RUNS = (("dense", "dense", None), ("Wanda", "wanda", None), ("Wanda + DSnoT (official)", "wanda", "dsnot"),

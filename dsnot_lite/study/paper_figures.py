@@ -13,8 +13,9 @@ import math
 import os
 from pathlib import Path
 
-from dsnot_lite.study.layer_plots import criterion_heatmap
-from dsnot_lite.study.model_plots import flips_per_layer, layer_error_change, layer_errors
+from dsnot_lite.plots.layer_plots import criterion_heatmap
+from dsnot_lite.plots.model_plots import flips_per_layer, layer_error_change, layer_errors
+from dsnot_lite.plots.style import AFTER, BEFORE, PALETTE, log_axis, new_figure, room_above_bars, save_figure, save_text
 from dsnot_lite.study.paper import (
     METHOD_ORDER,
     PAPER_NM_LLAMA1,
@@ -24,7 +25,6 @@ from dsnot_lite.study.paper import (
     SPARSEGPT_NOTE,
     paper_table7_frame,
 )  # fmt: skip
-from dsnot_lite.study.style import AFTER, BEFORE, PALETTE, log_axis, new_figure, room_above_bars, save_figure, save_text
 
 PROTOCOL = ("nsamples", "seqlen", "max_windows", "eval_split", "attn", "blocks")
 COLUMNS = ((None, "initial"), ("dsnot", "w. DSnoT"), ("exact", "w. exact"))  # (refiner, heading)
@@ -338,7 +338,7 @@ def criterion_figure(frame):
 def layer_figure(frame, table_dir: Path):
     """Per-layer error of the latest Wanda + DSnoT (official) run whose JSON has error records."""
     from dsnot_lite.runs.io import read_json
-    from dsnot_lite.study.model_lab import layer_frame
+    from dsnot_lite.runs.model_lab import layer_frame
 
     sel = frame[(frame["refiner"] == "dsnot") & (frame["method"] == "wanda") & frame["output"].notna()]
     sel = sel[sel.apply(is_preset_default, axis=1) & (sel["preset"] == "official")]
@@ -390,7 +390,7 @@ def write_all(table: str | os.PathLike, out_dir: str | os.PathLike = "figures") 
 
 def _shown(table: str | Path) -> str:
     """The table's path as a reader would type it: relative to the checkout when inside it."""
-    from dsnot_lite.study import workspace
+    from dsnot_lite.runs import workspace
 
     path = Path(table).resolve()
     root = workspace.root().resolve()

@@ -33,63 +33,29 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from dsnot_lite.core.dsnot import preset
-from dsnot_lite.core.exact import ExactConfig
+from dsnot_lite.runs import workspace
 from dsnot_lite.runs.cache import RunCache
 from dsnot_lite.runs.spec import RunSpec
-from dsnot_lite.study import workspace
-
-SEEDS = (0, 1, 2)
-TUNE_WINDOWS, GRID_WINDOWS = 64, 32
-# Test windows and calibration seeds of the headline per model (None: the full test set). Gemma 3
-# 270M's 262k-word head makes a window about 5x as costly as SmolLM2's on this CPU: its headline
-# uses the first 64 windows and, for now, seed 0 (seeds 1 and 2 are the next runs to add).
-HEADLINE_WINDOWS = {"smollm2-135m": None, "gemma3-270m": 64}
-HEADLINE_SEEDS = {"smollm2-135m": SEEDS, "gemma3-270m": (0,)}
-PLANNED = {"gemma3-270m": ("headline",)}  # a model's stages when none are named (default: all of STAGES)
-TUNED_ON = "smollm2-135m"  # models without their own tune stage use the setting tuned on this one
-GRID_ORDER = (0.6, "2:4", 0.7, 0.5, 0.8)  # the grid is computed in this order: the levels the story needs first
-METHODS = ("magnitude", "wanda", "sparsegpt")
-TOKEN_EPS = 0.1 / 512  # the official epsilon on the token-mean scale (R1: E[A] is seqlen x the token mean)
-
-# name -> (refiner, preset, DSnoT overrides); "official"/"paper" are the presets as they are.
-VARIANTS: dict[str, tuple[str | None, str, dict]] = {
-    "none": (None, "official", {}),
-    "official": ("dsnot", "official", {}),
-    "paper": ("dsnot", "paper", {}),
-    "paper-token-eps": ("dsnot", "paper", {"eps": TOKEN_EPS}),
-    "official-T-width": ("dsnot", "official", {"T_width": 4096}),
-    "official-var-floor-0.1": ("dsnot", "official", {"var_floor": 0.1}),
-    "official-var-floor-1": ("dsnot", "official", {"var_floor": 1.0}),
-    "paper-token-eps-var-floor-1": ("dsnot", "paper", {"eps": TOKEN_EPS, "var_floor": 1.0}),
-    "paper-token-eps-T-width": ("dsnot", "paper", {"eps": TOKEN_EPS, "T_width": 4096}),
-    "exact": ("exact", "official", {}),
-    "exact-T10": ("exact", "official", {"T": 10}),  # fewer swaps, a fifth of the cost: what does it give up?
-    "exact-T25": ("exact", "official", {"T": 25}),
-    "dsnot+exact": ("dsnot+exact", "official", {}),
-    # DSnoT with no iteration: the per-row start mask every refiner starts from. Plain magnitude
-    # pruning uses one threshold per layer (the reference baseline), so it needs this as its control.
-    "per-row start": ("dsnot", "official", {"T": 0}),
-}
-TUNED = [k for k, v in VARIANTS.items() if v[0] == "dsnot" and k != "per-row start"]  # candidates for "DSnoT, tuned"
-# The grid's refiners: DSnoT official and the setting tuned on validation, the exact refiner, and
-# the paper preset at 60% (the epsilon and variance-floor variants are compared at 60% in the tune
-# stage; at 60% the paper preset changes Wanda by about 1%, so it is not repeated at every level).
-GRID_VARIANTS = ("none", "official", "tuned", "exact")
-STAGES = ("tune", "headline", "grid", "criteria", "floor", "zeroshot")
-ZERO_SHOT_TASKS, ZERO_SHOT_DOCS = ("wikitext2_lastword",), 300
-
-
-def base_spec(model: str, data_dir: str | None = None) -> RunSpec:
-    return RunSpec(model=model, nsamples=16, seqlen=512, record_errors=True, data_dir=data_dir)
-
-
-def variant(base: RunSpec, name: str, **changes) -> RunSpec:
-    """``base`` refined by the named variant (``VARIANTS``; the exact refiner's overrides set its config)."""
-    refiner, preset_name, overrides = VARIANTS[name]
-    if refiner == "exact":
-        return base.replace(refiner=refiner, exact=ExactConfig(**overrides), **changes)
-    dsnot = dataclasses.replace(preset(preset_name), **overrides) if overrides else None
-    return base.replace(refiner=refiner, preset=preset_name, dsnot=dsnot, **changes)
+from dsnot_lite.study import refinement_report
+from dsnot_lite.study.design import (
+    GRID_ORDER,
+    GRID_VARIANTS,
+    GRID_WINDOWS,
+    HEADLINE_SEEDS,
+    HEADLINE_WINDOWS,
+    METHODS,
+    PLANNED,
+    SEEDS,
+    STAGES,
+    TUNE_WINDOWS,
+    TUNED,
+    TUNED_ON,
+    VARIANTS,
+    ZERO_SHOT_DOCS,
+    ZERO_SHOT_TASKS,
+    base_spec,
+    variant,
+)  # fmt: skip
 
 
 class Study:
@@ -205,8 +171,6 @@ def main(args) -> int:
         for stage, label, result in study.run(stages):
             ppl = f"ppl {result['ppl']:.3f}" if result else "held by another worker"
             print(f"[{stage}] {label}: {ppl}", file=sys.stderr, flush=True)
-    from dsnot_lite.study import refinement_report
-
     for path in refinement_report.write_report(study, planned=stages):
         print(path)
     return 0

@@ -12,9 +12,10 @@ import statistics
 from datetime import datetime, timezone
 from pathlib import Path
 
+from dsnot_lite.plots.style import AFTER, BEFORE, PALETTE, log_axis, new_figure, save_figure, save_text
 from dsnot_lite.runs import io, schema
+from dsnot_lite.study.design import HEADLINE_SEEDS, HEADLINE_WINDOWS, SEEDS, STAGES
 from dsnot_lite.study.intervals import PairedDifference, paired_difference
-from dsnot_lite.study.style import AFTER, BEFORE, PALETTE, log_axis, new_figure, save_figure, save_text
 
 HEADLINE_ORDER = ("dense", "wanda", "wanda + DSnoT (official)", "wanda + DSnoT (tuned)", "wanda + exact", "sparsegpt")
 COMPARISONS = (  # (B, A): "B against A"
@@ -73,8 +74,6 @@ def _by_seed(results: dict[str, dict]) -> dict[str, list[dict]]:
 
 
 def _intro(study, stages, wanted) -> list[str]:
-    from dsnot_lite.study.refinement import HEADLINE_SEEDS, HEADLINE_WINDOWS, SEEDS
-
     done = ", ".join(f"{s} {len(stages[s])}/{wanted[s]}" for s in stages)
     windows = HEADLINE_WINDOWS.get(study.model)
     headline = "the full test set" if windows is None else f"the first {windows} test windows"
@@ -97,8 +96,6 @@ def _intro(study, stages, wanted) -> list[str]:
 
 def _stage_args(stages: dict) -> str:
     """The stage arguments of the command (none when every stage is planned)."""
-    from dsnot_lite.study.refinement import STAGES
-
     return "" if set(stages) == set(STAGES) else " ".join(stages) + " "
 
 
@@ -248,7 +245,7 @@ def _zero_shot(runs: dict[str, dict]) -> list[str]:
 def _layers(headline: dict[str, list[dict]]) -> list[str]:
     """Per layer type: relative output error of the start mask and after each refiner, with the
     mean part's share of the start error (what DSnoT's criteria can see)."""
-    from dsnot_lite.study.model_lab import layer_frame
+    from dsnot_lite.runs.model_lab import layer_frame
 
     runs = {
         name: headline.get(label, [None])[0]

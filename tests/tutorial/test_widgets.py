@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 from _tinydir import tiny_model_dir
 
+from dsnot_lite.runs.model_lab import ModelLab
 from dsnot_lite.runs.spec import RunSpec
-from dsnot_lite.study import layer_lab, widgets
-from dsnot_lite.study.layers import synthetic_layer
-from dsnot_lite.study.model_lab import ModelLab
+from dsnot_lite.tutorial import layer_lab, widgets
+from dsnot_lite.tutorial.layers import synthetic_layer
 
 
 @pytest.fixture(scope="module")

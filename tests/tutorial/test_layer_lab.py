@@ -10,8 +10,8 @@ from dsnot_lite.core.dsnot import STOP_REASONS, dsnot
 from dsnot_lite.core.errors import row_output_error
 from dsnot_lite.core.exact import exact_refine
 from dsnot_lite.core.pruners import initial_mask
-from dsnot_lite.study import layer_lab, layers
-from dsnot_lite.study.layer_lab import LayerParams
+from dsnot_lite.tutorial import layer_lab, layers
+from dsnot_lite.tutorial.layer_lab import LayerParams
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dsnot_lite.study.style import AFTER, BEFORE, OKABE_ITO, PALETTE, own
+from dsnot_lite.plots.style import AFTER, BEFORE, OKABE_ITO, PALETTE, own
 
 
 def layer_errors(frame, ax=None, title: str = ""):

@@ -197,6 +197,6 @@ def authors_e2e_check(blocks: int | None = None, data_dir: str | None = None, pr
 
 def workspace_shared() -> Path:
     """``shared/`` beside the checkout (where the reference files live when no data folder is found)."""
-    from dsnot_lite.study import workspace
+    from dsnot_lite.runs import workspace
 
     return workspace.root().parent / "shared"

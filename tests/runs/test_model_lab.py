@@ -6,10 +6,10 @@ import pytest
 import torch
 from _tinydir import tiny_model_dir
 
+from dsnot_lite.runs import model_lab
 from dsnot_lite.runs.io import read_json
+from dsnot_lite.runs.model_lab import ModelLab
 from dsnot_lite.runs.spec import RunSpec
-from dsnot_lite.study import model_lab
-from dsnot_lite.study.model_lab import ModelLab
 
 
 @pytest.fixture(scope="module")

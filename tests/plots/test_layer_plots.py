@@ -9,9 +9,11 @@ import zlib
 import pytest
 from _paths import SPEC
 
-from dsnot_lite.study import layer_lab, layer_plots, paper
-from dsnot_lite.study.layers import synthetic_layer
-from dsnot_lite.study.style import save_figure
+from dsnot_lite.plots import layer_plots
+from dsnot_lite.plots.style import save_figure
+from dsnot_lite.study import paper
+from dsnot_lite.tutorial import layer_lab
+from dsnot_lite.tutorial.layers import synthetic_layer
 
 
 @pytest.fixture(scope="module")

@@ -1,10 +1,10 @@
-"""Plots of one layer under refinement (``study.layer_lab.LayerRun``) and of layer-level sweeps."""
+"""Plots of one layer under refinement (a ``tutorial.layer_lab.LayerRun``, read by its fields) and of layer-level sweeps."""
 
 from __future__ import annotations
 
 import math
 
-from dsnot_lite.study.style import (
+from dsnot_lite.plots.style import (
     AFTER,
     BEFORE,
     DIVERGING_CMAP,
@@ -127,10 +127,11 @@ def output_error_scatter(run, ax=None, highlight: int | None = None):
 
 def layer_dashboard(run, row: int | None = None, rows=None):
     """2 x 2 overview of one ``LayerRun``: convergence, output errors, flips per row, stop reasons."""
-    from dsnot_lite.study.layer_lab import rows_by_initial_error
-
     fig, axes = new_figure(2, 2, size=(11.0, 7.4))
-    rows = list(rows) if rows is not None else rows_by_initial_error(run, 4)
+    if rows is None:  # the rows with the largest initial |E[Delta_r]|
+        before = run.expected_error_before.abs()
+        rows = [int(i) for i in before.topk(min(4, before.numel())).indices]
+    rows = list(rows)
     if row is not None and row not in rows:
         rows = [row, *rows[:3]]
     convergence(run, rows, axes[0, 0], highlight=row)

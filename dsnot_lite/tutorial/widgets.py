@@ -18,10 +18,12 @@ import html
 import ipywidgets as W
 
 from dsnot_lite.core.dsnot import GROW_CRITERIA, PRESETS, PRUNE_CRITERIA
-from dsnot_lite.study import layer_lab, layer_plots, model_lab
-from dsnot_lite.study.layer_lab import LAYER_METHODS, LAYER_REFINERS, LayerParams
-from dsnot_lite.study.layers import Layer
-from dsnot_lite.study.style import figure_png
+from dsnot_lite.plots import layer_plots
+from dsnot_lite.plots.style import figure_png
+from dsnot_lite.runs import model_lab
+from dsnot_lite.tutorial import layer_lab
+from dsnot_lite.tutorial.layer_lab import LAYER_METHODS, LAYER_REFINERS, LayerParams
+from dsnot_lite.tutorial.layers import Layer
 
 # Dropdown values are strings: ipywidgets 8 shows an option whose value is None as "no selection".
 SIGN_CHECK_OPTIONS = {"preset default": None, "on": True, "off": False}

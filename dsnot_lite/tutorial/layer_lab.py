@@ -22,7 +22,7 @@ from dsnot_lite.core.dsnot import GROW_CRITERIA, PRUNE_CRITERIA, DSnoTConfig, DS
 from dsnot_lite.core.errors import row_output_error
 from dsnot_lite.core.exact import ExactConfig, ExactResult, exact_refine
 from dsnot_lite.core.pruners import initial_mask, wanda_score
-from dsnot_lite.study.layers import Layer, bundled_layer
+from dsnot_lite.tutorial.layers import Layer, bundled_layer
 
 LAYER_METHODS = ("magnitude", "wanda", "sparsegpt")
 LAYER_REFINERS = ("dsnot", "exact", "dsnot+exact")
