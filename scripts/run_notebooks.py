@@ -3,7 +3,8 @@
 
 Usage:
     .venv/bin/python scripts/run_notebooks.py                   # every notebook, full mode
-    .venv/bin/python scripts/run_notebooks.py --fast            # the CI setting (DSNOT_LITE_FAST=1)
+    .venv/bin/python scripts/run_notebooks.py --fast            # fast mode (DSNOT_LITE_FAST=1)
+    .venv/bin/python scripts/run_notebooks.py --fast --solutions  # the CI setting: every exercise solved
     .venv/bin/python scripts/run_notebooks.py notebooks/05_paper_figures.ipynb \\
         -p 'TABLE="../results/issue5_small/issue5.csv"'        # override a parameter (papermill style)
 
@@ -13,7 +14,10 @@ notebook's folder as working directory. The executed copy, outputs included, is 
 ``notebooks/`` stay clean), and ``--out/timings.json`` gets one entry per notebook: mode, seconds,
 parameter overrides, whether it passed and, if not, the error (the executed copy then shows
 the traceback in the failing cell). ``-p NAME=EXPR`` lines go into a cell inserted right
-after the cell tagged ``parameters``, as papermill does. Exit status 1 if any notebook failed.
+after the cell tagged ``parameters``, as papermill does. ``--solutions`` replaces every exercise
+stub (a code cell tagged ``exercise``) by its solution's source and makes the checkers strict
+(``DSNOT_LITE_STRICT_EXERCISES=1``: a failed check raises), as CI and the book do. Exit status 1
+if any notebook failed.
 
 ``tests/test_notebooks.py`` uses ``execute`` from here, so CI runs notebooks exactly this way.
 """
@@ -34,7 +38,7 @@ KERNEL_NAME = "dsnot-lite-run"
 CELL_TIMEOUT_S = 600  # seconds per cell in fast mode (CI); full mode allows 7200 unless --cell-timeout says otherwise
 
 
-def _kernel_manager(kernel_dir: Path, fast: bool, python: str | None = None):
+def _kernel_manager(kernel_dir: Path, fast: bool, python: str | None = None, solutions: bool = False):
     """An AsyncKernelManager (nbclient's own kind: with a blocking one the cell timeout never fires)
     for a throw-away kernelspec running ``python`` (default ``sys.executable`` with this checkout on
     its path; another interpreter runs with its own installed packages only)."""
@@ -43,7 +47,7 @@ def _kernel_manager(kernel_dir: Path, fast: bool, python: str | None = None):
 
     kdir = kernel_dir / KERNEL_NAME
     kdir.mkdir(parents=True, exist_ok=True)
-    env = {"DSNOT_LITE_FAST": "1" if fast else "0"}
+    env = {"DSNOT_LITE_FAST": "1" if fast else "0", "DSNOT_LITE_STRICT_EXERCISES": "1" if solutions else "0"}
     if python is None:
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
     spec = {
@@ -74,6 +78,22 @@ def inject_parameters(nb, overrides: list[str]) -> None:
     nb.cells.insert(idx + 1, cell)
 
 
+def fill_solutions(nb) -> int:
+    """Replace every exercise stub (code cell tagged ``exercise``, metadata ``exercise``: its
+    name) by the solution's source; returns how many were filled."""
+    from dsnot_lite.tutorial.exercises import solution_source
+
+    filled = 0
+    for cell in nb.cells:
+        if cell.cell_type == "code" and "exercise" in cell.get("metadata", {}).get("tags", []):
+            name = cell.metadata.get("exercise")
+            if not name:
+                raise SystemExit("error: a cell tagged `exercise` has no `exercise` metadata naming its solution")
+            cell.source = f"# solution filled in by scripts/run_notebooks.py --solutions\n{solution_source(name)}"
+            filled += 1
+    return filled
+
+
 def execute(
     path: Path,
     fast: bool,
@@ -81,6 +101,7 @@ def execute(
     cell_timeout: int = CELL_TIMEOUT_S,
     python: str | None = None,
     cwd: Path | None = None,
+    solutions: bool = False,
 ):
     """Run the notebook at ``path`` (in ``cwd``, default its own folder; with the interpreter
     ``python``, default this one); return ``(executed notebook, seconds, error)``.
@@ -94,10 +115,12 @@ def execute(
 
     nb = nbformat.read(path, as_version=4)
     inject_parameters(nb, overrides or [])
+    if solutions:
+        fill_solutions(nb)
     with tempfile.TemporaryDirectory(prefix="dsnot-kernel-") as kernel_dir:
         client = NotebookClient(
             nb,
-            km=_kernel_manager(Path(kernel_dir), fast, python),
+            km=_kernel_manager(Path(kernel_dir), fast, python, solutions),
             timeout=cell_timeout,
             startup_timeout=120,
             resources={"metadata": {"path": str(cwd or path.parent)}},
@@ -127,6 +150,7 @@ def main(argv: list[str] | None = None) -> int:
         metavar="NAME=EXPR",
         help="a Python assignment run after the parameters cell; repeatable",
     )
+    ap.add_argument("--solutions", action="store_true", help="fill every exercise with its solution; checkers strict")
     ap.add_argument("--out", type=Path, default=ROOT / "results" / "notebooks" / "executed")
     ap.add_argument("--cell-timeout", type=int, default=None, help=f"seconds per cell (default {CELL_TIMEOUT_S} fast, 7200 full)")
     args = ap.parse_args(argv)
@@ -151,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
     total = 0.0
     for path in paths:
         print(f"{path.name} ({mode} mode) ...", flush=True)
-        nb, seconds, error = execute(path, args.fast, args.parameter, timeout)
+        nb, seconds, error = execute(path, args.fast, args.parameter, timeout, solutions=args.solutions)
         failed += error is not None
         total += seconds
         print(f"  {'FAILED: ' + error if error else 'passed'} in {seconds:.1f} s", flush=True)
@@ -164,6 +188,7 @@ def main(argv: list[str] | None = None) -> int:
             "passed": error is None,
             "error": error,
             "parameters": args.parameter,
+            "solutions": args.solutions,
             "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
         atomic_write_text(timings_path, json.dumps(timings, indent=1, sort_keys=True) + "\n")

@@ -7,7 +7,8 @@ For every ``notebooks/*.ipynb``:
 * ``test_has_fast_parameters_cell``: a code cell tagged ``parameters`` (papermill style) that
   reads the ``DSNOT_LITE_FAST`` environment variable, so the run below really is the fast one.
 * ``test_executes_in_fast_mode`` (marker ``notebooks``, part of the default ``make test``):
-  executes the notebook exactly as ``scripts/run_notebooks.py --fast`` does: nbclient, a kernel
+  executes the notebook exactly as ``scripts/run_notebooks.py --fast --solutions`` does (every
+  exercise filled with its solution, every checker strict): nbclient, a kernel
   running *this* interpreter (the project's venv) with ``DSNOT_LITE_FAST=1``, the notebook's own
   folder as working directory. Outputs are not written back.
 
@@ -76,7 +77,7 @@ def _load_runner_module():
 @pytest.mark.parametrize("path", PARAMS)
 def test_executes_in_fast_mode(path, monkeypatch):
     monkeypatch.setenv("DSNOT_LITE_FAST", "1")
-    nb, elapsed, error = _load_runner_module().execute(path, fast=True, cell_timeout=CELL_TIMEOUT_S)
+    nb, elapsed, error = _load_runner_module().execute(path, fast=True, cell_timeout=CELL_TIMEOUT_S, solutions=True)
     assert error is None, f"{path.name} failed in fast mode: {error}"
     print(f"{path.name}: executed in fast mode in {elapsed:.1f} s")
     # nbclient skips empty code cells and cells tagged skip-execution; every other one must have run.
