@@ -7,7 +7,10 @@
 #   make notebooks  run every notebook in full mode -> results/notebooks/executed/ (+ timings.json)
 #   make notebooks-fast   the same in fast mode (what CI executes)
 #   make strip      strip outputs / execution counts from notebooks/*.ipynb in place
-#   make browser-check   headless JupyterLab + Chromium check of notebook 01 (scripts/browser_check.sh)
+#   make book       the book: every notebook executed (exercises solved, cached) as static HTML in results/book/;
+#                   FAST=1 builds it from fast-mode runs (as CI), REBUILD=1 reruns every notebook
+#   make browser-check   headless Chromium: every book page offline (console, images, math, no outside request),
+#                   then notebook 01 live in JupyterLab (scripts/browser_check.sh)
 #   make clean      remove caches and build leftovers (keeps .venv and results/)
 #   make distclean  clean + remove .venv
 
@@ -17,7 +20,7 @@ VPY    := $(VENV)/bin/python
 # The stamp records a finished install; it is rebuilt when requirements.txt or pyproject.toml change.
 STAMP  := $(VENV)/.dsnot-lite-installed
 
-.PHONY: venv demo test test-all lint notebooks notebooks-fast strip browser-check clean distclean
+.PHONY: venv demo test test-all lint notebooks notebooks-fast strip book browser-check clean distclean
 
 venv: $(STAMP)
 
@@ -54,6 +57,9 @@ notebooks-fast: $(STAMP)
 
 strip: $(STAMP)
 	$(VPY) scripts/strip_notebooks.py
+
+book: $(STAMP)
+	$(VPY) scripts/build_book.py $(if $(FAST),--fast) $(if $(REBUILD),--rebuild)
 
 browser-check: $(STAMP)
 	bash scripts/browser_check.sh
