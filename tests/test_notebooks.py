@@ -10,7 +10,13 @@ For every ``notebooks/*.ipynb``:
   executes the notebook exactly as ``scripts/run_notebooks.py --fast --solutions`` does (every
   exercise filled with its solution, every checker strict): nbclient, a kernel
   running *this* interpreter (the project's venv) with ``DSNOT_LITE_FAST=1``, the notebook's own
-  folder as working directory. Outputs are not written back.
+  folder as working directory. Outputs are not written back to the notebook; the executed copy is
+  stored in the book's cache (``scripts/notebook_cache.py``), which is exactly what
+  ``make book FAST=1`` would run.
+* ``test_fast_book_builds_from_these_runs`` (after them, in file order): builds the book in fast
+  mode into a temporary folder from those stored runs, without executing any notebook again.
+* ``test_fast_book_in_chromium`` (marker ``browser``): every page of that book in headless
+  Chromium (``scripts/book_check.py``); skipped only where ``/usr/bin/chromium`` is not installed.
 
 The kernel is described by a throw-away kernelspec in a temporary folder, so nothing has to be
 installed into the user's Jupyter dirs and a fresh clone works with only ``make test``.
@@ -19,8 +25,10 @@ Run just these with ``.venv/bin/python -m pytest tests/test_notebooks.py`` or ``
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -73,10 +81,22 @@ def _load_runner_module():
     return mod
 
 
+def _script(name: str):
+    """A module of scripts/ (the book's builder and cache import each other by plain name)."""
+    if str(ROOT / "scripts") not in sys.path:
+        sys.path.insert(0, str(ROOT / "scripts"))
+    return importlib.import_module(name)
+
+
+# notebook stem -> whether its fast-mode execution passed in this session (read by the book test)
+EXECUTED: dict[str, bool] = {}
+
+
 @pytest.mark.notebooks
 @pytest.mark.parametrize("path", PARAMS)
 def test_executes_in_fast_mode(path, monkeypatch):
     monkeypatch.setenv("DSNOT_LITE_FAST", "1")
+    EXECUTED[path.stem] = False
     nb, elapsed, error = _load_runner_module().execute(path, fast=True, cell_timeout=CELL_TIMEOUT_S, solutions=True)
     assert error is None, f"{path.name} failed in fast mode: {error}"
     print(f"{path.name}: executed in fast mode in {elapsed:.1f} s")
@@ -89,6 +109,41 @@ def test_executes_in_fast_mode(path, monkeypatch):
     n_code = len(runnable)
     n_run = sum(c.get("execution_count") is not None for c in runnable)
     assert n_run == n_code, f"{path.name}: only {n_run} of {n_code} code cells were executed"
+    _script("notebook_cache").store(path, "fast", nb, elapsed)  # the run `make book FAST=1` would do
+    EXECUTED[path.stem] = True
+
+
+@pytest.fixture(scope="module")
+def fast_book(tmp_path_factory):
+    """The book built in fast mode from the runs stored above (runs only what is not stored)."""
+    failed = sorted(stem for stem, ok in EXECUTED.items() if not ok)
+    if failed:  # building would only run them again, and fail again
+        pytest.fail(f"the book needs every notebook; these failed above: {', '.join(failed)}")
+    out = tmp_path_factory.mktemp("book")
+    return out, _script("build_book").build(NOTEBOOKS, out, fast=True, log=print)
+
+
+@pytest.mark.notebooks
+def test_fast_book_builds_from_these_runs(fast_book):
+    out, manifest = fast_book
+    pages = {p["stem"]: p for p in manifest["pages"]}
+    assert sorted(pages) == sorted(p.stem for p in NOTEBOOKS)
+    assert not [s for s, p in pages.items() if p["error"]], manifest
+    rerun = [stem for stem in EXECUTED if not pages[stem]["cached"]]
+    assert not rerun, f"the book executed {rerun} again instead of reusing the test's runs"
+    for stem in pages:
+        page = (out / f"{stem}.html").read_text(encoding="utf-8")
+        assert "Fast mode" in page and "book-banner" in page, f"{stem}: no mode banner"
+    assert all(f"{stem}.html" in (out / "index.html").read_text(encoding="utf-8") for stem in pages)
+    print(f"fast book: {len(pages)} pages in {manifest['build_seconds']} s")
+
+
+@pytest.mark.notebooks
+@pytest.mark.browser
+@pytest.mark.skipif(not Path("/usr/bin/chromium").is_file(), reason="no /usr/bin/chromium (apt-get install chromium)")
+def test_fast_book_in_chromium(fast_book, tmp_path):
+    out, _ = fast_book
+    assert _script("book_check").run(out, "/usr/bin/chromium", tmp_path / "shots") == 0, "see the book-check lines above"
 
 
 def test_runner_injects_parameters_and_records_timings(tmp_path):
