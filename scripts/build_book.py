@@ -76,10 +76,11 @@ def executed_copy(path: Path, mode: str, rebuild: bool, log, cache_dir: Path) ->
             nb, meta = hit
             return nb, {**meta, "error": None}, True
     log(f"{path.name}: executing in {mode} mode with the solutions filled in ...")
+    key = notebook_cache.cache_key(path, mode)
     timeout = _runner().CELL_TIMEOUT_S if mode == "fast" else FULL_CELL_TIMEOUT_S
     nb, seconds, error = _runner().execute(path, fast=mode == "fast", cell_timeout=timeout, solutions=True)
     if error is None:
-        meta = notebook_cache.store(path, mode, nb, seconds, cache_dir=cache_dir)
+        meta = notebook_cache.store(path, mode, nb, seconds, cache_dir=cache_dir, key=key)
         return nb, {**meta, "error": None}, False
     record = {"notebook": path.name, "mode": mode, "seconds": round(seconds, 1), "error": error,
               "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}  # fmt: skip

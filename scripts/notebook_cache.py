@@ -157,8 +157,18 @@ def lookup(path: Path, mode: str, parameters=(), solutions: bool = True, cache_d
     return nbformat.read(nb_path, as_version=4), meta
 
 
-def store(path: Path, mode: str, nb, seconds: float, parameters=(), solutions: bool = True, cache_dir: Path = CACHE_DIR) -> dict:
-    """Store a passed run of ``path`` (atomically: the notebook first, then its meta)."""
+def store(
+    path: Path,
+    mode: str,
+    nb,
+    seconds: float,
+    parameters=(),
+    solutions: bool = True,
+    cache_dir: Path = CACHE_DIR,
+    key: str | None = None,
+) -> dict:
+    """Store a passed run of ``path`` (atomically: the notebook first, then its meta). Pass the ``key``
+    computed before the run started: the notebook or the code may have been edited while it ran."""
     import nbformat
 
     from dsnot_lite.runs.io import atomic_write_text
@@ -166,7 +176,7 @@ def store(path: Path, mode: str, nb, seconds: float, parameters=(), solutions: b
     meta = {
         "notebook": path.name,
         "mode": mode,
-        "key": cache_key(path, mode, parameters, solutions),
+        "key": key or cache_key(path, mode, parameters, solutions),
         "seconds": round(seconds, 1),
         "parameters": list(parameters),
         "solutions": solutions,

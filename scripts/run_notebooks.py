@@ -16,8 +16,9 @@ parameter overrides, whether it passed and, if not, the error (the executed copy
 the traceback in the failing cell). ``-p NAME=EXPR`` lines go into a cell inserted right
 after the cell tagged ``parameters``, as papermill does. ``--solutions`` replaces every exercise
 stub (a code cell tagged ``exercise``) by its solution's source and makes the checkers strict
-(``DSNOT_LITE_STRICT_EXERCISES=1``: a failed check raises), as CI and the book do. Exit status 1
-if any notebook failed.
+(``DSNOT_LITE_STRICT_EXERCISES=1``: a failed check raises), as CI and the book do; such a run
+without ``-p`` that passes is also stored in the book's cache (``scripts/notebook_cache.py``), so
+``make book`` does not run it again. Exit status 1 if any notebook failed.
 
 ``tests/test_notebooks.py`` uses ``execute`` from here, so CI runs notebooks exactly this way.
 """
@@ -59,6 +60,13 @@ def _kernel_manager(kernel_dir: Path, fast: bool, python: str | None = None, sol
     (kdir / "kernel.json").write_text(json.dumps(spec), encoding="utf-8")
     ksm = KernelSpecManager(kernel_dirs=[str(kernel_dir)])
     return AsyncKernelManager(kernel_name=KERNEL_NAME, kernel_spec_manager=ksm)
+
+
+def _notebook_cache():
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import notebook_cache
+
+    return notebook_cache
 
 
 def inject_parameters(nb, overrides: list[str]) -> None:
@@ -175,12 +183,16 @@ def main(argv: list[str] | None = None) -> int:
     total = 0.0
     for path in paths:
         print(f"{path.name} ({mode} mode) ...", flush=True)
+        cacheable = args.solutions and not args.parameter and path.resolve().parent == NB_DIR  # exactly the book's run
+        key = _notebook_cache().cache_key(path.resolve(), mode) if cacheable else None
         nb, seconds, error = execute(path, args.fast, args.parameter, timeout, solutions=args.solutions)
         failed += error is not None
         total += seconds
         print(f"  {'FAILED: ' + error if error else 'passed'} in {seconds:.1f} s", flush=True)
         # the executed copy is written either way: a failed one shows the traceback in its cell
         atomic_write_text(args.out / f"{path.stem}.{mode}.ipynb", nbformat.writes(nb))
+        if cacheable and error is None:  # stored for `make book`
+            _notebook_cache().store(path.resolve(), mode, nb, seconds, key=key)
         timings[f"{path.stem}.{mode}"] = {
             "notebook": path.name,
             "mode": mode,

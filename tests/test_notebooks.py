@@ -97,6 +97,7 @@ EXECUTED: dict[str, bool] = {}
 def test_executes_in_fast_mode(path, monkeypatch):
     monkeypatch.setenv("DSNOT_LITE_FAST", "1")
     EXECUTED[path.stem] = False
+    key = _script("notebook_cache").cache_key(path, "fast")  # before the run: the notebook may be edited meanwhile
     nb, elapsed, error = _load_runner_module().execute(path, fast=True, cell_timeout=CELL_TIMEOUT_S, solutions=True)
     assert error is None, f"{path.name} failed in fast mode: {error}"
     print(f"{path.name}: executed in fast mode in {elapsed:.1f} s")
@@ -109,7 +110,7 @@ def test_executes_in_fast_mode(path, monkeypatch):
     n_code = len(runnable)
     n_run = sum(c.get("execution_count") is not None for c in runnable)
     assert n_run == n_code, f"{path.name}: only {n_run} of {n_code} code cells were executed"
-    _script("notebook_cache").store(path, "fast", nb, elapsed)  # the run `make book FAST=1` would do
+    _script("notebook_cache").store(path, "fast", nb, elapsed, key=key)  # the run `make book FAST=1` would do
     EXECUTED[path.stem] = True
 
 
