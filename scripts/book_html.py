@@ -148,7 +148,7 @@ def _nav(prev: str | None, nxt: str | None, titles: dict[str, str]) -> str:
     return f"<nav class='book-nav'>{''.join(parts)}</nav>"
 
 
-def banner(stem: str, mode: str, record: dict, reason: str | None) -> str:
+def banner(stem: str, mode: str, record: dict, reason: str | None, fast_build: bool = False) -> str:
     """The box on top of a page: the mode it ran in, when and how long, and how to run it live."""
     when = html.escape(str(record.get("finished_at", "?"))[:16].replace("T", " "))
     secs = record.get("seconds")
@@ -166,7 +166,12 @@ def banner(stem: str, mode: str, record: dict, reason: str | None) -> str:
         )
         cls = "full"
     else:
-        why = f" It is built in fast mode because {html.escape(reason)}." if reason else ""
+        if reason:
+            why = f" The book runs this notebook in fast mode because {html.escape(reason)}."
+        elif fast_build:
+            why = " This is the book's fast build (<code>make book FAST=1</code>, what CI checks); <code>make book</code> runs it in full mode."
+        else:
+            why = ""
         head = (
             f"<p><strong>Fast mode</strong> (<code>DSNOT_LITE_FAST=1</code>: tiny calibration, few evaluation windows, "
             f"first blocks only): executed on {when}{took} with every exercise solved. Its numbers are a small sample; "
@@ -182,7 +187,15 @@ def banner(stem: str, mode: str, record: dict, reason: str | None) -> str:
 
 
 def render_page(
-    executed, clean, stem: str, mode: str, record: dict, reason: str | None, order: list[str], titles: dict
+    executed,
+    clean,
+    stem: str,
+    mode: str,
+    record: dict,
+    reason: str | None,
+    order: list[str],
+    titles: dict,
+    fast_build: bool = False,
 ) -> tuple[str, dict]:
     """One page of the book: ``(html text, counts)``."""
     counts = prepare(executed, clean)
@@ -194,7 +207,7 @@ def render_page(
             "css": CSS,
             "mathjax_url": MATHJAX_URL,
             "mathjax_offline": MATHJAX_OFFLINE,
-            "header_html": nav + banner(stem, mode, record, reason),
+            "header_html": nav + banner(stem, mode, record, reason, fast_build),
             "footer_html": f"<div class='book-footer'>{nav}Built by <code>make book</code> from "
             f"<code>notebooks/{stem}.ipynb</code> ({mode} mode).</div>",
         },

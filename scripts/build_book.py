@@ -61,10 +61,7 @@ def plan(paths: list[Path], fast: bool) -> list[tuple[Path, str, str | None]]:
     out = []
     for p in paths:
         reason = course_stats.FAST_IN_BOOK.get(p.stem)
-        if fast:
-            out.append((p, "fast", "this is the fast build (make book FAST=1), as CI runs it"))
-        else:
-            out.append((p, "fast" if reason else "full", reason))
+        out.append((p, "fast" if fast or reason else "full", reason))
     return out
 
 
@@ -106,7 +103,9 @@ def build(
     for path, mode, reason in steps:
         t_page = time.perf_counter()
         executed, record, cached = executed_copy(path, mode, rebuild, log, cache_dir)
-        page, counts = book_html.render_page(executed, clean[path.stem], path.stem, mode, record, reason, order, titles)
+        page, counts = book_html.render_page(
+            executed, clean[path.stem], path.stem, mode, record, reason, order, titles, fast_build=fast
+        )
         atomic_write_text(out / f"{path.stem}.html", page)
         status = "failed" if record.get("error") else ("cached run" if cached else "ran now")
         log(f"{path.name}: {mode} mode, {status} ({record.get('seconds')} s run), page in {time.perf_counter() - t_page:.1f} s")
