@@ -160,13 +160,16 @@ BOXES = {"VBoxModel": "column", "BoxModel": "column", "GridBoxModel": "row", "HB
 SLIDERS = {"IntSliderModel", "FloatSliderModel", "FloatLogSliderModel", "IntRangeSliderModel", "FloatRangeSliderModel",
            "SelectionSliderModel", "SelectionRangeSliderModel"}  # fmt: skip
 SELECTS = {"DropdownModel", "SelectModel", "SelectMultipleModel", "RadioButtonsModel"}
+CONTROLS = {"ToggleButtonsModel", "CheckboxModel", "ToggleButtonModel", "ButtonModel", "PlayModel"}
 TEXTS = {"TextModel", "TextareaModel", "IntTextModel", "FloatTextModel", "BoundedIntTextModel", "BoundedFloatTextModel",
          "PasswordModel", "ComboboxModel", "DatePickerModel", "ColorPickerModel"}  # fmt: skip
 
 
 def snapshot(model_id: str, states: dict[str, dict]) -> str:
-    """The widget ``model_id`` and its children as static HTML (unknown kinds: their name and value)."""
+    """The widget ``model_id`` and its children as static HTML (unknown kinds: their name and value);
+    the note on how to make it live only where it has controls (not under a progress bar)."""
     seen: set[str] = set()
+    controls: list[str] = []
 
     def render(mid: str) -> str:
         model = states.get(mid)
@@ -180,6 +183,8 @@ def snapshot(model_id: str, states: dict[str, dict]) -> str:
             and states.get(str(state["layout"]).removeprefix("IPY_MODEL_"), {}).get("state", {}).get("display") == "none"
         ):
             return ""
+        if name in SLIDERS | SELECTS | TEXTS | CONTROLS:
+            controls.append(name)
         if name in BOXES:
             return _box(state, render, BOXES[name])
         if name in ("TabModel", "AccordionModel", "StackModel"):
@@ -210,7 +215,8 @@ def snapshot(model_id: str, states: dict[str, dict]) -> str:
         return f"<div class='book-w-control'>{_label(state)}<code>{html.escape(name)}</code> {value}</div>"
 
     body = render(model_id)
-    return f"<div class='book-widget'>{body}<div class='book-widget-note'>{html.escape(LIVE_NOTE)}</div></div>"
+    note = f"<div class='book-widget-note'>{html.escape(LIVE_NOTE)}</div>" if controls else ""
+    return f"<div class='book-widget'>{body}{note}</div>"
 
 
 def snapshot_outputs(nb) -> int:

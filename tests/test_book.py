@@ -69,6 +69,8 @@ def test_widget_snapshot_shows_controls_image_and_outputs():
     assert "row 3 stopped" in html and "<b>true error 0.25</b>" in html
     assert "open the notebook in JupyterLab or Colab" in html  # how to make it live
     assert "not saved" in book_widgets.snapshot("nope", {})
+    bar = {"p": {"state": {"_model_name": "FloatProgressModel", "value": 3, "max": 3}}}
+    assert "<progress" in book_widgets.snapshot("p", bar) and "Colab" not in book_widgets.snapshot("p", bar)
 
 
 def _fake_executed() -> tuple[nbformat.NotebookNode, nbformat.NotebookNode]:
