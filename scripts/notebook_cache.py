@@ -9,7 +9,8 @@ key is a hash of
   imports (a change to ``study/`` does not rerun notebook 01, a change to ``core/dsnot.py`` does),
 * the exercise solutions filled in (their modules are among those imports) and
   ``scripts/run_notebooks.py`` (how the notebook is run),
-* any repository file a code cell names in a string literal (e.g. the study's ``results.csv``),
+* any repository file a code cell names in a string literal (e.g. the study's ``results.csv``;
+  not ``results/`` or ``figures/``, which notebooks write),
 * the mode (``fast`` / ``full``), the ``-p`` parameter overrides and whether solutions are filled.
 
 Data under ``../shared`` and cached model runs under ``results/`` are not in the key (they are
@@ -32,6 +33,7 @@ ROOT = Path(__file__).resolve().parent.parent
 CACHE_DIR = ROOT / "results" / "notebooks" / "cache"
 PACKAGE = "dsnot_lite"
 RUNNER = ROOT / "scripts" / "run_notebooks.py"
+OUTPUTS = (ROOT / "results", ROOT / "figures")  # what notebooks write: never part of a key
 
 
 def _module_file(name: str) -> Path | None:
@@ -93,7 +95,7 @@ def package_modules(sources: list[str]) -> list[Path]:
 
 
 def _named_files(sources: list[str], nb_dir: Path) -> list[Path]:
-    """Repository files (outside ``results/``) that a string literal in the code names."""
+    """Repository files (not outputs: ``results/``, ``figures/``) that a string literal in the code names."""
     found: set[Path] = set()
     for src in sources:
         try:
@@ -107,7 +109,7 @@ def _named_files(sources: list[str], nb_dir: Path) -> list[Path]:
                 for base in (nb_dir, ROOT):
                     try:
                         path = (base / node.value).resolve()
-                        if path.is_file() and path.is_relative_to(ROOT) and not path.is_relative_to(ROOT / "results"):
+                        if path.is_file() and path.is_relative_to(ROOT) and not any(path.is_relative_to(o) for o in OUTPUTS):
                             found.add(path)
                     except (OSError, ValueError):
                         continue
