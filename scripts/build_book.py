@@ -22,6 +22,7 @@ the traceback), 2 for bad arguments.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import sys
 import tempfile
@@ -142,6 +143,10 @@ def main(argv: list[str] | None = None) -> int:
             return 2
     if not paths:
         print(f"error: no notebooks in {NB_DIR}; fix: run from a checkout of dsnot-lite", file=sys.stderr)
+        return 2
+    missing = [m for m in ("nbconvert", "jupyter_server_mathjax") if importlib.util.find_spec(m) is None]
+    if missing:
+        print(f"error: the book needs {', '.join(missing)} (the `book` extra); fix: make venv", file=sys.stderr)
         return 2
     problem = check_out_dir(args.out)
     if problem:
