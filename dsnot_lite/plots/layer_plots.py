@@ -125,9 +125,19 @@ def output_error_scatter(run, ax=None, highlight: int | None = None):
     return fig
 
 
-def layer_dashboard(run, row: int | None = None, rows=None):
-    """2 x 2 overview of one ``LayerRun``: convergence, output errors, flips per row, stop reasons."""
-    fig, axes = new_figure(2, 2, size=(11.0, 7.4))
+def layer_dashboard(run, row: int | None = None, rows=None, fixed_layout: bool = False):
+    """2 x 2 overview of one ``LayerRun``: convergence, output errors, flips per row, stop reasons.
+
+    ``fixed_layout`` places the panels at fixed margins instead of the constrained layout, which
+    costs about a third of the drawing time (the explorer widget redraws with it)."""
+    if fixed_layout:
+        from matplotlib.figure import Figure
+
+        fig = Figure(figsize=(11.0, 7.4))
+        margins = dict(left=0.075, right=0.955, bottom=0.13, top=0.87, hspace=0.45, wspace=0.22)
+        axes = fig.subplots(2, 2, squeeze=False, gridspec_kw=margins)
+    else:
+        fig, axes = new_figure(2, 2, size=(11.0, 7.4))
     if rows is None:  # the rows with the largest initial |E[Delta_r]|
         before = run.expected_error_before.abs()
         rows = [int(i) for i in before.topk(min(4, before.numel())).indices]
@@ -160,9 +170,15 @@ def _refiner_text(run) -> str:
     return " + ".join(parts)
 
 
-def channel_statistics(layer, ax=None):
-    """|E[A_k]| per input channel (token mean), outlier channels marked."""
-    fig, ax = own(ax, size=(7.0, 3.2))
+def channel_statistics(layer, ax=None, variance: bool = True, grown=()):
+    """|E[A_k]| per input channel (token mean), outlier channels marked; below it (``variance``, on a
+    new figure) Var(A_k), the denominator of Eq. 2, with the ``grown`` channels (e.g. the ones DSnoT
+    regrew most, ``layer_lab.grown_channels``) marked in green."""
+    if ax is None and variance:
+        fig, axes = new_figure(2, 1, size=(7.0, 5.6), sharex=True)
+        ax, var_ax = axes[0, 0], axes[1, 0]
+    else:
+        (fig, ax), var_ax = own(ax, size=(7.0, 3.2)), None
     mean = layer.stats.mean.abs().numpy()
     ax.bar(range(mean.size), mean, width=1.0, color=PALETTE[0])
     for c in layer.outlier_channels:
@@ -171,6 +187,23 @@ def channel_statistics(layer, ax=None):
     ax.set_xlabel("input channel k")
     ax.set_ylabel("|E[A_k]| (token mean, input units, log)")
     ax.set_title(f"Input channel means ({len(layer.outlier_channels)} outlier channels in vermillion)")
+    if var_ax is not None:
+        var = layer.stats.pooled_var.numpy()
+        var_ax.bar(range(var.size), var, width=1.0, color=PALETTE[0])
+        for c in layer.outlier_channels:
+            var_ax.bar([c], [var[c]], width=1.0, color=OKABE_ITO["vermillion"])
+        for c in grown:
+            var_ax.bar([c], [var[c]], width=3.0, color=OKABE_ITO["bluish green"])
+        positive = var[var > 0]
+        if positive.size and positive.max() > 10 * positive.min():
+            log_axis(var_ax)
+        var_ax.axhline(float(sorted(var)[var.size // 2]), color="0.3", lw=0.8, ls="--", label="median Var")
+        var_ax.set_xlabel("input channel k")
+        var_ax.set_ylabel("Var(A_k) (pooled, input units²)")
+        marked = f"; {len(grown)} most regrown by DSnoT in green" if len(grown) else ""
+        var_ax.set_title(f"Input channel variances, the denominator of Eq. 2{marked}")
+        var_ax.legend(fontsize=8, loc="lower right")
+        ax.set_xlabel("")
     return fig
 
 

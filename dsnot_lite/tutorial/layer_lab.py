@@ -332,3 +332,51 @@ def error_split(layer: Layer, run: LayerRun) -> dict[str, float]:
         parts[f"variance part {when}"] = (p.total - p.mean) / p.dense
         parts[f"total {when}"] = p.total / p.dense
     return parts
+
+
+def flip_accounting(run: LayerRun) -> dict[str, int]:
+    """Why DSnoT's flipped mask entries are not two per swap: its writes replayed from the trace.
+
+    A swap writes two entries, so ``2 x swaps`` would be the flips if nothing else happened. The
+    net count (``flips``: entries whose final state differs from the initial mask) is lower when
+    an entry changes twice (a weight pruned by one swap and regrown by a later one, or regrown and
+    pruned again: ``round_trips``), and differs when a write changes nothing (``idle_writes``: R2
+    lists kept weights at score 0, so the grow pointer may "regrow" a weight that is already kept)
+    or when a row that has stopped still writes (``stopped_row_changes``: the reference's
+    unconditional writes, ``quirks.REFERENCE``). ``regrown_after_pruned`` counts swaps that regrew a
+    weight an earlier swap of the row had pruned (``..._one_step_earlier``: by the previous swap,
+    R2). Identity: ``flips = swap_changes + stopped_row_changes - 2 x round_trips``, checked here.
+    """
+    trace = run.trace
+    if trace is None:
+        raise ValueError("flip_accounting replays DSnoT's trace, but this run has no DSnoT; fix: use refiner='dsnot'")
+    mask = run.initial_mask.clone()
+    changes = torch.zeros(mask.shape, dtype=torch.long)
+    pruned_by_swap_at = torch.full(mask.shape, -2, dtype=torch.long)  # iteration a swap last pruned the entry
+    counts = dict.fromkeys(("swap_changes", "idle_writes", "stopped_row_changes", "regrown_after_pruned",
+                            "regrown_one_step_earlier"), 0)  # fmt: skip
+    rows = torch.arange(mask.shape[0])
+    for t in range(trace.grown.shape[0]):
+        g, p, update = trace.grown[t], trace.pruned[t], trace.swapped[t]
+        has = (g >= 0) & (p >= 0)
+        g, p = g.clamp_min(0), p.clamp_min(0)
+        swapped_rows = update & has
+        earlier = pruned_by_swap_at[rows, g]
+        counts["regrown_after_pruned"] += int((swapped_rows & (earlier >= 0)).sum())
+        counts["regrown_one_step_earlier"] += int((swapped_rows & (earlier == t - 1)).sum())
+        before = mask.clone()
+        run.config.quirks.write_swap(mask, g.unsqueeze(1), p.unsqueeze(1), update.unsqueeze(1), has.unsqueeze(1))
+        changed = mask != before
+        changes += changed.long()
+        in_swaps = changed[swapped_rows]
+        counts["swap_changes"] += int(in_swaps.sum())
+        counts["idle_writes"] += 2 * int(swapped_rows.sum()) - int(in_swaps.sum())
+        counts["stopped_row_changes"] += int(changed[~swapped_rows].sum())
+        pruned_by_swap_at[rows[swapped_rows], p[swapped_rows]] = t
+    if not torch.equal(mask, run.mask):
+        raise RuntimeError("replaying the trace did not give the run's mask; the trace and the refiner disagree")
+    flips = int((mask != run.initial_mask).sum())
+    round_trips = int((changes // 2).sum())
+    assert flips == counts["swap_changes"] + counts["stopped_row_changes"] - 2 * round_trips
+    return {"swaps": int(trace.swapped.sum()), "two_per_swap": 2 * int(trace.swapped.sum()), **counts,
+            "round_trips": round_trips, "flips": flips}  # fmt: skip

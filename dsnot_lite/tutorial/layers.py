@@ -100,13 +100,16 @@ def synthetic_layer(
     n_outliers: int = 4,
     outlier_scale: float = 8.0,
     seed: int = 0,
+    channel_mean: float = 0.1,
 ) -> Layer:
     """A random layer whose inputs have ``n_outliers`` channels with a large, systematic mean.
 
     LLM activations have a few input channels whose values are large and mostly of one sign
     (Dettmers et al. 2022); those make ``E[A]`` far from zero, which is exactly where the
     expected error ``E[Delta_r]`` of a pruned row comes from. Weights ~ N(0, 1/C_in); ordinary
-    channels ~ N(mu_k, 1) with small means mu_k ~ N(0, 0.1^2); outlier channels
+    channels ~ N(mu_k, 1) with means mu_k ~ N(0, channel_mean^2) (small by default; with
+    ``channel_mean`` near 1 or above, the mean part of a pruned row's error is a large share of it,
+    the setting DSnoT's expected error is made for); outlier channels
     ~ outlier_scale * (s_k + 0.3 N(0, 1)) with a fixed sign s_k. ``samples`` x ``tokens``
     calibration inputs and the same amount of held-out inputs are drawn with ``seed``.
     """
@@ -115,7 +118,7 @@ def synthetic_layer(
     gen = torch.Generator().manual_seed(seed)
     weight = torch.randn(c_out, c_in, generator=gen) / math.sqrt(c_in)
     outliers = torch.randperm(c_in, generator=gen)[:n_outliers].sort().values
-    base_mean = 0.1 * torch.randn(c_in, generator=gen)
+    base_mean = channel_mean * torch.randn(c_in, generator=gen)
     signs = torch.where(torch.rand(n_outliers, generator=gen) < 0.5, -1.0, 1.0)
 
     def draw() -> torch.Tensor:
@@ -124,7 +127,7 @@ def synthetic_layer(
         return x
 
     calib, heldout = draw(), draw()
-    key = f"synthetic(c_out={c_out},c_in={c_in},samples={samples},tokens={tokens},outliers={n_outliers},scale={outlier_scale},seed={seed})"
+    key = f"synthetic(c_out={c_out},c_in={c_in},samples={samples},tokens={tokens},outliers={n_outliers},scale={outlier_scale},seed={seed},mean={channel_mean})"
     return Layer(
         key=key,
         name="synthetic",
@@ -135,7 +138,7 @@ def synthetic_layer(
         outlier_channels=tuple(int(c) for c in outliers),
         description=(
             f"synthetic {c_out}x{c_in} layer, {samples} samples x {tokens} tokens, "
-            f"{n_outliers} outlier channels (scale {outlier_scale}), seed {seed}"
+            f"{n_outliers} outlier channels (scale {outlier_scale}), channel means ~ N(0, {channel_mean:g}²), seed {seed}"
         ),
     )
 

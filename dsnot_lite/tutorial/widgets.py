@@ -14,6 +14,7 @@ what a click did without a browser:
 from __future__ import annotations
 
 import html
+from collections import OrderedDict
 
 import ipywidgets as W
 
@@ -34,6 +35,7 @@ def _key(mapping: dict, value) -> str:
     return next(k for k, v in mapping.items() if v == value)
 
 
+DRAWN_CACHE_SIZE = 32  # dashboards an explorer keeps (figure and PNG)
 _STYLE = {"description_width": "110px"}
 _LAYOUT = W.Layout(width="330px")
 
@@ -80,6 +82,7 @@ class LayerExplorer:
         self.figure = None
         self.updates = 0
         self._holding = False
+        self._drawn: OrderedDict = OrderedDict()  # (params, row) -> (figure, PNG): a revisit redraws nothing
         c = self.controls
         left = W.VBox([c["sparsity"], c["T"], c["eps"], c["row"]])
         middle = W.VBox([c["grow"], c["prune"], c["sign_check"]])
@@ -127,8 +130,14 @@ class LayerExplorer:
             self.status.value = f"<span style='color:#D55E00'>cannot run this setting: {html.escape(str(exc))}</span>"
             return
         row = int(self.controls["row"].value)
-        self.figure = layer_plots.layer_dashboard(run, row=row)
-        self.image.value = figure_png(self.figure, dpi=80)
+        key = (run.params, row)
+        if key not in self._drawn:
+            figure = layer_plots.layer_dashboard(run, row=row, fixed_layout=True)
+            self._drawn[key] = (figure, figure_png(figure, dpi=80))
+            while len(self._drawn) > DRAWN_CACHE_SIZE:
+                self._drawn.popitem(last=False)
+        self._drawn.move_to_end(key)
+        self.figure, self.image.value = self._drawn[key]
         self.result = run
         self.updates += 1
         s = run.summary

@@ -176,3 +176,31 @@ def test_bundled_layer_on_a_model_folder(tiny_dir):
     assert run.summary["heldout_rel_error_before"] > 0 and run.summary["row_sparsity_preserved"]
     with pytest.raises(ValueError, match="no linear"):
         layers.bundled_layer(block=0, linear="nope", nsamples=3, seqlen=32, model=tiny_dir)
+
+
+def test_flip_accounting_explains_flips_versus_swaps(layer):
+    """Replaying the trace gives the run's mask; at T = 50 every swap flips two entries, at T = 200
+    with eps = 0 the official quirks make round trips (R2) and idle writes, and the identity holds."""
+    short = layer_lab.flip_accounting(layer_lab.run_layer(layer, sparsity=0.6, T=50, eps=0.1))
+    long = layer_lab.run_layer(layer, sparsity=0.6, T=200, eps=0.0)
+    acc = layer_lab.flip_accounting(long)
+    assert acc["flips"] == long.summary["flips"] and acc["swaps"] == long.summary["swaps"]
+    assert acc["flips"] == acc["swap_changes"] + acc["stopped_row_changes"] - 2 * acc["round_trips"]
+    assert acc["round_trips"] > 0 and acc["flips"] < acc["two_per_swap"]
+    assert short["swap_changes"] == short["two_per_swap"] - short["idle_writes"]
+    paper = layer_lab.flip_accounting(layer_lab.run_layer(layer, sparsity=0.6, T=200, eps=0.0, preset="paper"))
+    assert paper["flips"] == paper["two_per_swap"] and paper["round_trips"] == paper["idle_writes"] == 0
+    with pytest.raises(ValueError, match="fix"):
+        layer_lab.flip_accounting(layer_lab.run_layer(layer, refiner="exact", T=5))
+
+
+def test_synthetic_layer_channel_mean_sets_the_mean_share(layer):
+    """A larger spread of the ordinary channels' means makes the mean part a larger share of the error."""
+    small = layers.synthetic_layer(c_out=32, c_in=128, samples=3, tokens=64, n_outliers=3, seed=1)
+    heavy = layers.synthetic_layer(c_out=32, c_in=128, samples=3, tokens=64, n_outliers=3, seed=1, channel_mean=2.0)
+    assert small is layer and heavy.key != small.key
+    share = {}
+    for name, lay in (("small", small), ("heavy", heavy)):
+        split = layer_lab.error_split(lay, layer_lab.run_layer(lay, T=0))
+        share[name] = split["mean part before"] / split["total before"]
+    assert share["small"] < 0.1 < 0.3 < share["heavy"]

@@ -129,3 +129,13 @@ def test_lab_sweeps_on_a_tiny_model(tmp_path_factory):
     assert list(sw.frame["preset"]) == ["official", "paper"]
     exact = widgets.lab_sweeps(lab, sparsities=(0.6,), refiner="exact")
     assert list(exact.controls["axis"].options) == ["sparsity"] and lab.computed == 6
+
+
+def test_revisiting_a_setting_redraws_nothing(layer):
+    """The explorer keeps each drawn dashboard: going back to a setting shows the same figure and PNG."""
+    ex = widgets.LayerExplorer(layer)
+    first_figure, first_png = ex.figure, ex.image.value
+    ex.controls["T"].value = 4
+    assert ex.figure is not first_figure
+    ex.controls["T"].value = 50
+    assert ex.figure is first_figure and ex.image.value == first_png
