@@ -192,16 +192,19 @@ def channel_statistics(layer, ax=None, variance: bool = True, grown=()):
         var_ax.bar(range(var.size), var, width=1.0, color=PALETTE[0])
         for c in layer.outlier_channels:
             var_ax.bar([c], [var[c]], width=1.0, color=OKABE_ITO["vermillion"])
-        for c in grown:
-            var_ax.bar([c], [var[c]], width=3.0, color=OKABE_ITO["bluish green"])
+        if len(grown):
+            grown = [int(c) for c in grown]
+            var_ax.scatter(grown, var[grown], marker="v", s=36, color=OKABE_ITO["bluish green"], edgecolors="black",
+                           linewidths=0.5, zorder=3, label="most regrown by DSnoT")  # fmt: skip
+            var_ax.annotate(f"channel {grown[0]}", (grown[0], var[grown[0]]), xytext=(6, 6), textcoords="offset points",
+                            fontsize=8)  # fmt: skip
         positive = var[var > 0]
         if positive.size and positive.max() > 10 * positive.min():
             log_axis(var_ax)
         var_ax.axhline(float(sorted(var)[var.size // 2]), color="0.3", lw=0.8, ls="--", label="median Var")
         var_ax.set_xlabel("input channel k")
         var_ax.set_ylabel("Var(A_k) (pooled, input units²)")
-        marked = f"; {len(grown)} most regrown by DSnoT in green" if len(grown) else ""
-        var_ax.set_title(f"Input channel variances, the denominator of Eq. 2{marked}")
+        var_ax.set_title("Input channel variances (Eq. 2 divides by them)")
         var_ax.legend(fontsize=8, loc="lower right")
         ax.set_xlabel("")
     return fig

@@ -62,6 +62,7 @@ class Layer:
     heldout_gram: torch.Tensor | None = None
     outlier_channels: tuple[int, ...] = ()
     description: str = ""
+    inputs: torch.Tensor | None = None  # the calibration tokens (samples, tokens, C_in), kept by synthetic layers
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -136,6 +137,7 @@ def synthetic_layer(
         gram=gram_matrix(calib),
         heldout_gram=gram_matrix(heldout),
         outlier_channels=tuple(int(c) for c in outliers),
+        inputs=calib,
         description=(
             f"synthetic {c_out}x{c_in} layer, {samples} samples x {tokens} tokens, "
             f"{n_outliers} outlier channels (scale {outlier_scale}), channel means ~ N(0, {channel_mean:g}²), seed {seed}"
