@@ -31,15 +31,14 @@ Sweeps (on ``--sweep-shape``, Wanda mask): DSnoT time vs T (0 = list building on
 C_out, and vs the number of rows that start active (epsilon set to quantiles of |E[Delta_r]|).
 Oracle: the per-row loop of tests/oracle.py against ``dsnot`` on ``--oracle-shape``, one oracle run
 (it is slow) against the median of the vectorised repeats, masks compared exactly.
+The sweeps and the synthetic layers are in ``layer_costs_sweeps.py``, the tables and the figure in
+``layer_costs_output.py``.
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
 import dataclasses
-import gc
-import io
 import json
 import os
 import platform
@@ -52,14 +51,24 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests"))  # the oracle lives with the tests
+sys.path.insert(0, str(ROOT / "bench"))  # the sweeps and the outputs live beside this script
+
+from layer_costs_output import RUN_KEYS, plot, write  # noqa: E402
+from layer_costs_sweeps import (  # noqa: E402
+    load,
+    log,
+    make_stats,
+    make_weight,
+    oracle_comparison,
+    summarize,
+    sweeps,
+    timed,
+    trace_overhead,
+)
 
 from dsnot_lite.core.dsnot import dsnot, preset  # noqa: E402
 from dsnot_lite.core.exact import ExactConfig, exact_refine  # noqa: E402
 from dsnot_lite.core.pruners import initial_mask, sparsegpt_inverse_hessian_diag, sparsegpt_prune  # noqa: E402
-from dsnot_lite.core.stats import ChannelStats  # noqa: E402
-from dsnot_lite.plots.style import save_figure  # noqa: E402
-from dsnot_lite.runs.io import atomic_write_text  # noqa: E402
 
 SHAPES = {
     "7b": [(4096, 4096), (11008, 4096), (4096, 11008)],
@@ -68,74 +77,6 @@ SHAPES = {
     "quick": [(512, 512), (1376, 512), (512, 1376)],
 }
 LAYER_NAMES = {0: "attn q/k/v/o", 1: "mlp gate/up", 2: "mlp down"}
-# Okabe-Ito, colour-blind safe.
-PALETTE = ["#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#F0E442", "#000000"]
-FIELDS = [
-    "section", "shape", "rows", "cols", "method", "param", "value", "n", "median_s", "min_s", "max_s",
-    "ratio_to_wanda", "paired_ratio_median", "total_median_s", "total_ratio_to_wanda", "measured", "note",
-]  # fmt: skip
-
-
-def load() -> list[float]:
-    return [round(x, 2) for x in os.getloadavg()]
-
-
-def log(msg: str) -> None:
-    print(msg, flush=True)
-
-
-# ------------------------------------------------------------------------------------------------
-# Synthetic layers.
-
-
-def make_weight(rows: int, cols: int, seed: int) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
-    return (torch.randn(rows, cols, generator=g) * 0.02).half().float()
-
-
-def channel_profile(cols: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-channel mean and scale with 0.5% outlier channels scaled 20-50x."""
-    g = torch.Generator().manual_seed(seed + 1)
-    mean = torch.randn(cols, generator=g) * 0.3
-    scale = torch.rand(cols, generator=g) + 0.5
-    n_out = max(1, cols // 200)
-    idx = torch.randperm(cols, generator=g)[:n_out]
-    boost = 20 + 30 * torch.rand(n_out, generator=g)
-    mean[idx] *= boost
-    scale[idx] *= boost
-    return mean, scale
-
-
-def make_stats(
-    cols: int, nsamples: int, seqlen: int, seed: int, hessian_cols: int = 0
-) -> tuple[ChannelStats, ChannelStats | None]:
-    """R1 statistics of synthetic tokens, and (optionally) a Hessian-carrying ChannelStats of the first ``hessian_cols`` channels."""
-    mean, scale = channel_profile(cols, seed)
-    g = torch.Generator().manual_seed(seed + 2)
-    stats = ChannelStats(cols)
-    hstats = ChannelStats(hessian_cols, hessian=True) if hessian_cols else None
-    for _ in range(nsamples):
-        x = torch.randn(1, seqlen, cols, generator=g) * scale + mean
-        stats.add_batch(x)
-        if hstats is not None:
-            hstats.add_batch(x[..., :hessian_cols].contiguous())
-        del x
-    return stats, hstats
-
-
-# ------------------------------------------------------------------------------------------------
-# Timing.
-
-
-def timed(fn) -> tuple[float, object]:
-    gc.collect()
-    start = time.perf_counter()
-    out = fn()
-    return time.perf_counter() - start, out
-
-
-def summarize(times: list[float]) -> dict:
-    return {"n": len(times), "median_s": statistics.median(times), "min_s": min(times), "max_s": max(times)}
 
 
 def sparsegpt_cost(weight, hstats, sparsity, rows_sub, cols_sub) -> tuple[float, bool, str]:
@@ -240,243 +181,6 @@ def sparsegpt_check(rows, cols, args) -> dict:
     full, _, _ = sparsegpt_cost(weight, hstats, args.sparsity, rows, cols)
     est, _, note = sparsegpt_cost(weight, hstats, args.sparsity, sub_rows, sub_cols)
     return {"shape": f"{rows}x{cols}", "measured_s": full, "extrapolated_s": est, "rule": note, "ratio": est / full}
-
-
-# ------------------------------------------------------------------------------------------------
-# Sweeps.
-
-
-def sweep_point(weight, stats, mask, cfg, args) -> tuple[dict, object]:
-    """Median DSnoT time on one layer (used by the oracle comparison)."""
-    ts = []
-    res = None
-    for rep in range(args.warmup + args.repeats):
-        t, res = timed(lambda: dsnot(weight, stats, mask, cfg))
-        if rep >= args.warmup:
-            ts.append(t)
-    return summarize(ts), res
-
-
-def round_robin(points: dict, args) -> dict[str, list[float]]:
-    """Time every ``points[key]()`` once per repeat, all keys in turn, so load drift hits them alike."""
-    times = {key: [] for key in points}
-    for rep in range(args.warmup + args.repeats):
-        for key, fn in points.items():
-            t, _ = timed(fn)
-            if rep >= args.warmup:
-                times[key].append(t)
-    return times
-
-
-def sweeps(args, cfg) -> list[dict]:
-    """DSnoT cost vs T, vs rows active at the start, vs C_in and vs C_out; each sweep interleaved."""
-    rows, cols = args.sweep_shape
-    out = []
-
-    def record(param, value, ts, wanda_ts, res, r, c, note=""):
-        summary = summarize(ts)
-        wanda_med = statistics.median(wanda_ts)
-        row = {"section": "sweep", "shape": f"{r}x{c}", "rows": r, "cols": c, "method": "dsnot[wanda]", "param": param,
-               "value": value, **summary, "ratio_to_wanda": summary["median_s"] / wanda_med,
-               "paired_ratio_median": statistics.median(a / b for a, b in zip(ts, wanda_ts)),
-               "total_median_s": summary["median_s"] + wanda_med, "total_ratio_to_wanda": 1 + summary["median_s"] / wanda_med,
-               "measured": True, "note": f"swaps {int(res.swaps.sum())}; stops {res.stop_counts}{note}; load {load()}"}  # fmt: skip
-        out.append(row)
-        log(
-            f"  {param}={value}: dsnot {summary['median_s']:.3f}s wanda {wanda_med:.3f}s paired x{row['paired_ratio_median']:.2f}"
-        )
-
-    weight = make_weight(rows, cols, args.seed)
-    stats, _ = make_stats(cols, args.nsamples, args.seqlen, args.seed)
-    mask = initial_mask(weight, stats, "wanda", args.sparsity)
-    wanda = lambda: initial_mask(weight, stats, "wanda", args.sparsity)
-
-    log(f"sweep T on {rows}x{cols}")
-    cfgs = {t: dataclasses.replace(cfg, T=t) for t in args.sweep_t}
-    points = {"wanda": wanda, **{t: (lambda c=c: dsnot(weight, stats, mask, c)) for t, c in cfgs.items()}}
-    times = round_robin(points, args)
-    for t, c in cfgs.items():
-        record("T", t, times[t], times["wanda"], dsnot(weight, stats, mask, c), rows, cols,
-               " (T=0: candidate lists only)" if t == 0 else "")  # fmt: skip
-
-    log(f"sweep active rows on {rows}x{cols} (epsilon = quantiles of |E[Delta_r]|)")
-    e0 = dsnot(weight, stats, mask, dataclasses.replace(cfg, T=0)).initial_error.abs()
-    cfgs = {}
-    for frac in args.sweep_active:
-        eps = 0.0 if frac >= 1 else float(torch.quantile(e0, 1 - frac))
-        cfgs[int((e0 > eps).sum())] = dataclasses.replace(cfg, eps=eps)
-    points = {"wanda": wanda, **{k: (lambda c=c: dsnot(weight, stats, mask, c)) for k, c in cfgs.items()}}
-    times = round_robin(points, args)
-    for active0, c in cfgs.items():
-        res = dsnot(weight, stats, mask, c, trace=True)
-        iters = res.trace.swapped.shape[0]
-        mean_active = float(res.trace.swapped.float().sum(1).mean()) if iters else 0.0
-        record("active_rows", active0, times[active0], times["wanda"], res, rows, cols,
-               f"; epsilon {c.eps:.4g}; iterations {iters}; mean swapping rows per iteration {mean_active:.0f}")  # fmt: skip
-    gc.collect()
-
-    for param, dims in (("C_in", [(rows, c) for c in args.sweep_dims]), ("C_out", [(r, cols) for r in args.sweep_dims])):
-        log(f"sweep {param}")
-        layers = {}
-        for r, c in dims:
-            w = make_weight(r, c, args.seed)
-            st, _ = make_stats(c, args.nsamples, args.seqlen, args.seed)
-            layers[(r, c)] = (w, st, initial_mask(w, st, "wanda", args.sparsity))
-        points = {}
-        for key, (w, st, m) in layers.items():
-            points[("wanda", key)] = lambda w=w, st=st: initial_mask(w, st, "wanda", args.sparsity)
-            points[("dsnot", key)] = lambda w=w, st=st, m=m: dsnot(w, st, m, cfg)
-        times = round_robin(points, args)
-        for (r, c), (w, st, m) in layers.items():
-            record(param, c if param == "C_in" else r, times[("dsnot", (r, c))], times[("wanda", (r, c))],
-                   dsnot(w, st, m, cfg), r, c)  # fmt: skip
-        del layers, points
-        gc.collect()
-    return out
-
-
-def trace_overhead(args, cfg) -> dict:
-    """DSnoT with trace=True vs trace=False, interleaved pairs, median of the per-pair ratios."""
-    rows, cols = args.sweep_shape
-    weight = make_weight(rows, cols, args.seed)
-    stats, _ = make_stats(cols, args.nsamples, args.seqlen, args.seed)
-    mask = initial_mask(weight, stats, "wanda", args.sparsity)
-    off, on = [], []
-    for rep in range(args.warmup + args.trace_pairs):
-        a, _ = timed(lambda: dsnot(weight, stats, mask, cfg))
-        b, _ = timed(lambda: dsnot(weight, stats, mask, cfg, trace=True))
-        if rep >= args.warmup:
-            off.append(a)
-            on.append(b)
-    return {"shape": f"{rows}x{cols}", "pairs": len(off), "off_median_s": statistics.median(off),
-            "on_median_s": statistics.median(on), "overhead_ratio_median": statistics.median(b / a for a, b in zip(off, on)),
-            "load": load()}  # fmt: skip
-
-
-def oracle_comparison(args, cfg) -> dict:
-    from oracle import dsnot_oracle
-
-    rows, cols = args.oracle_shape
-    weight = make_weight(rows, cols, args.seed)
-    stats, _ = make_stats(cols, args.nsamples, args.seqlen, args.seed)
-    mask = initial_mask(weight, stats, "wanda", args.sparsity)
-    summary, fast = sweep_point(weight, stats, mask, cfg, args)
-    t_oracle, slow = timed(lambda: dsnot_oracle(weight, stats, mask, cfg))
-    return {
-        "section": "oracle", "shape": f"{rows}x{cols}", "rows": rows, "cols": cols, "method": "dsnot[wanda] vs oracle",
-        "param": "", "value": "", **summary, "oracle_s": t_oracle, "speedup": t_oracle / summary["median_s"],
-        "masks_equal": bool(torch.equal(slow.mask, fast.mask)), "swaps_equal": bool(torch.equal(slow.swaps, fast.swaps)),
-        "final_error_equal": bool(torch.equal(slow.final_error, fast.final_error)), "swaps": int(fast.swaps.sum()),
-        "measured": True, "note": f"oracle run once; vectorised median of {summary['n']}; load {load()}",
-    }  # fmt: skip
-
-
-# ------------------------------------------------------------------------------------------------
-# Output.
-
-
-def plot(rows: list[dict], oracle: dict | None, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(2, 2, figsize=(13, 9))
-    layer = [r for r in rows if r["section"] == "layer"]
-    shapes = list(dict.fromkeys(r["shape"] for r in layer))
-    methods = list(dict.fromkeys(r["method"] for r in layer))
-    ax = axes[0, 0]
-    width = 0.8 / max(len(methods), 1)
-    for i, m in enumerate(methods):
-        xs, ys, hatch = [], [], []
-        for j, s in enumerate(shapes):
-            hit = [r for r in layer if r["shape"] == s and r["method"] == m]
-            if hit:
-                xs.append(j + (i - (len(methods) - 1) / 2) * width)
-                ys.append(hit[0]["median_s"])
-                hatch.append(not hit[0]["measured"])
-        bars = ax.bar(xs, ys, width, color=PALETTE[i % len(PALETTE)], label=m, edgecolor="black", linewidth=0.4)
-        for b, h in zip(bars, hatch):
-            if h:
-                b.set_hatch("//")
-    ax.set_xticks(range(len(shapes)), shapes)
-    ax.set_yscale("log")
-    ax.set_xlabel("layer shape C_out x C_in")
-    ax.set_ylabel("seconds (median; hatched = extrapolated)")
-    ax.set_title("Per-layer cost, CPU fp32")
-    ax.legend(fontsize=7, ncol=2)
-
-    sweep = [r for r in rows if r["section"] == "sweep"]
-
-    def line(ax, param, xlabel, logx=False, color=PALETTE[0], label="DSnoT (Wanda mask)", wanda=True):
-        pts = sorted((r["value"], r["median_s"], r["total_median_s"] - r["median_s"]) for r in sweep if r["param"] == param)
-        if not pts:
-            return
-        xs, ys, ws = zip(*pts)
-        ax.plot(xs, ys, "o-", color=color, label=label)
-        if wanda:
-            ax.plot(xs, ws, "s--", color=PALETTE[1], label="Wanda mask, same layer")
-        if logx:
-            ax.set_xscale("log", base=2)
-        ax.set_xlabel(xlabel)
-        ax.set_ylabel("seconds (median)")
-        ax.legend(fontsize=8)
-
-    line(axes[0, 1], "T", "T (max cycles; 0 = candidate lists only)")
-    axes[0, 1].set_title("DSnoT cost vs T")
-    axes[0, 1].set_ylim(bottom=0)
-    line(axes[1, 0], "C_in", "dimension (the other one fixed)", logx=True, label="DSnoT vs C_in", wanda=False)
-    line(axes[1, 0], "C_out", "dimension (the other one fixed)", logx=True, color=PALETTE[2], label="DSnoT vs C_out", wanda=False)
-    axes[1, 0].set_yscale("log")
-    axes[1, 0].set_title("DSnoT cost vs C_in and C_out")
-    line(axes[1, 1], "active_rows", "rows active at the start (epsilon varied)")
-    title = "DSnoT cost vs active rows"
-    if oracle:
-        title += f"\noracle {oracle['shape']}: vectorised {oracle['speedup']:.0f}x faster, masks equal: {oracle['masks_equal']}"
-    axes[1, 1].set_title(title, fontsize=10)
-    axes[1, 1].set_ylim(bottom=0)
-    fig.tight_layout()
-    save_figure(fig, path, dpi=110)  # atomic, no version or date: re-runs do not churn
-    plt.close(fig)
-
-
-RUN_KEYS = ("command", "load_start", "load_end", "threads", "repeats", "warmup", "wall_s", "sections")
-
-
-def write(rows: list[dict], meta: dict, out_dir: Path, fig_path: Path, base: tuple | None = None) -> dict:
-    if base is not None:  # --merge: rows and meta of the earlier run, read once at the start
-        old_rows, old_meta = base
-        key = lambda r: (r["section"], r["shape"], r["method"], str(r["param"]), str(r["value"]))
-        fresh = {key(r) for r in rows}
-        rows = [r for r in old_rows if key(r) not in fresh] + rows
-        meta = {**old_meta, **meta, "runs": [*old_meta.get("runs", []), {k: meta.get(k) for k in RUN_KEYS}]}
-    meta["summary_table"] = summary_table(rows)
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=FIELDS, extrasaction="ignore")
-    w.writeheader()
-    for r in rows:
-        w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()})
-    atomic_write_text(out_dir / "layer_costs.csv", buf.getvalue())
-    atomic_write_text(out_dir / "layer_costs.json", json.dumps({**meta, "rows": rows}, indent=1, default=str) + "\n")
-    plot(rows, meta.get("oracle"), fig_path)
-    return meta
-
-
-def summary_table(rows: list[dict]) -> str:
-    lines = [
-        "| shape | method | median s | x Wanda | x Wanda, paired | with its mask, x Wanda | measured |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for r in rows:
-        if r["section"] != "layer":
-            continue
-        total = f"{r['total_ratio_to_wanda']:.2f}" if r.get("total_ratio_to_wanda") else ""
-        paired = f"{r['paired_ratio_median']:.2f}" if r.get("paired_ratio_median") else ""
-        measured = "yes" if r["measured"] else "extrapolated"
-        lines.append(
-            f"| {r['shape']} | {r['method']} | {r['median_s']:.3f} | {r['ratio_to_wanda']:.2f} | {paired} | {total} | {measured} |"
-        )
-    return "\n".join(lines)
 
 
 def parse_shape(text: str) -> tuple[int, int]:

@@ -30,3 +30,10 @@ def test_pipeline_phases_picks_configs_and_rejects_unknown_ones(capsys):
         with pytest.raises(SystemExit):
             phases.parse_args(["--configs", bad])
         assert "--configs must start with wanda" in capsys.readouterr().err
+
+
+def test_layer_costs_script_loads_with_its_parts():
+    """bench/layer_costs.py imports its sweeps and outputs from the modules beside it."""
+    costs = _load("layer_costs")
+    row = {"section": "layer", "shape": "8x8", "method": "wanda", "median_s": 0.5, "ratio_to_wanda": 1.0, "measured": True}
+    assert costs.SHAPES["quick"] and "| 8x8 | wanda | 0.500 | 1.00 |" in costs.write.__globals__["summary_table"]([row])
