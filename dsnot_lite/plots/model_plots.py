@@ -33,8 +33,14 @@ def layer_error_change(frame, ax=None, title: str = ""):
     ax.set_xlabel("linear layer, in network order")
     ax.set_ylabel("output error change (%)")
     ax.set_title(title or "Change of each layer's output error by refinement (below 0: lower error)")
-    ax.legend(fontsize=7, ncol=4)
+    _legend_outside(ax)
     return fig
+
+
+def _legend_outside(ax) -> None:
+    """The layer-type legend to the right of the axes, where it cannot cover a bar."""
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.005, 1.0), borderaxespad=0.0, title="layer type",
+              title_fontsize=7)  # fmt: skip
 
 
 def flips_per_layer(frame, ax=None, title: str = ""):
@@ -48,7 +54,7 @@ def flips_per_layer(frame, ax=None, title: str = ""):
     ax.set_xlabel("linear layer, in network order")
     ax.set_ylabel("mask entries flipped (% of weights)")
     ax.set_title(title or "How much refinement changed each layer's mask")
-    ax.legend(fontsize=7, ncol=4)
+    _legend_outside(ax)
     return fig
 
 
