@@ -18,7 +18,9 @@ What each method does on one layer (spec R7, R8):
 
 Refiners: ``dsnot`` runs where its configuration ``applies_to`` the layer (``official``:
 attention projections only, R6); ``exact`` runs on every layer; ``dsnot+exact`` runs both in
-that order.
+that order. With ``refit``, after the pruner and the refiners, the kept weights of the final mask
+are re-fitted by least squares on the layer's calibration inputs (``core.refit``; from full
+SparseGPT's updated weights when it ran), on every layer.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from dsnot_lite.core.dsnot import dsnot
 from dsnot_lite.core.errors import error_parts
 from dsnot_lite.core.exact import exact_refine
 from dsnot_lite.core.pruners import initial_mask, sparsegpt_prune
+from dsnot_lite.core.refit import refit
 from dsnot_lite.core.stats import ChannelStats
 from dsnot_lite.lm.calibration import capture_block_inputs, collect_stats, move_outside_blocks, run_block
 from dsnot_lite.lm.models import LoadedModel, find_linears
@@ -58,11 +61,14 @@ class LayerRecord:
     # squared error that is its mean part (core.errors.error_parts), for the initial pruner and
     # the final weights.
     error_initial: float | None = None
+    error_before_refit: float | None = None  # with refit: the final mask's error before the re-fit
     error_final: float | None = None
     mean_share_initial: float | None = None
     mean_share_final: float | None = None
     seconds: float = 0.0  # initial pruner (and error records)
     refine_seconds: float = 0.0
+    refit_seconds: float = 0.0
+    refit_iterations: int = 0  # conjugate-gradient iterations of the re-fit (core.refit)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -102,12 +108,20 @@ def prune_layer(layer: nn.Linear, name: str, stats: ChannelStats, spec: RunSpec)
     record.refine_seconds = time.perf_counter() - refine_start
     if new_w is None:
         new_w = weight.masked_fill(mask, 0)
+    if spec.refit:
+        if spec.record_errors:
+            before = error_parts(weight.float() - new_w.float(), weight, stats.gram, stats.mean, stats.ntokens)
+            record.error_before_refit = before.relative
+        refit_start = time.perf_counter()
+        fitted = refit(weight, stats.gram, mask, start=new_w)
+        new_w, record.refit_iterations = fitted.weight, fitted.iterations
+        record.refit_seconds = time.perf_counter() - refit_start
     if spec.record_errors:
         final = error_parts(weight.float() - new_w.float(), weight, stats.gram, stats.mean, stats.ntokens)
         record.error_final, record.mean_share_final = final.relative, final.mean_share
     layer.weight.data.copy_(new_w)
     record.sparsity = float((layer.weight.data == 0).float().mean())
-    record.seconds = time.perf_counter() - start - record.refine_seconds
+    record.seconds = time.perf_counter() - start - record.refine_seconds - record.refit_seconds
     return record
 
 
@@ -167,6 +181,7 @@ def prune_model(
                 record = prune_layer(layer, f"{loaded.blocks_path}.{index}.{name}", stats[name], spec)
                 timer.seconds["prune"] += record.seconds
                 timer.seconds["refine"] += record.refine_seconds
+                timer.seconds["refit"] += record.refit_seconds
                 records.append(record)
         del stats
         if index + 1 < len(blocks):

@@ -66,6 +66,7 @@ def run(spec: RunSpec, *, session: ModelSession | None = None, progress: bool = 
     it there); ``session`` reuses a loaded model across runs.
     """
     session = session or ModelSession()
+    memory_scope = schema.reset_peak_memory()
     timer = PhaseTimer()
     start = time.perf_counter()
     device = torch.device(spec.device)
@@ -96,5 +97,5 @@ def run(spec: RunSpec, *, session: ModelSession | None = None, progress: bool = 
     timer.seconds["total"] = time.perf_counter() - start
     return schema.result_record(
         spec, loaded, ppl, records, dict(timer.seconds), data_dir=data_dir, calib_windows=spec.nsamples if records else 0,
-        total_blocks=total_blocks, zero_shot=zero_shot,
+        total_blocks=total_blocks, zero_shot=zero_shot, memory_scope=memory_scope,
     )  # fmt: skip

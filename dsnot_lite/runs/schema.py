@@ -18,21 +18,43 @@ import torch
 from dsnot_lite.runs.spec import RunSpec
 
 TABLE_COLUMNS = (
-    "name", "model", "method", "refiner", "preset", "weight_update", "sparsity", "nm", "ppl", "eval_split",
+    "name", "model", "method", "refiner", "preset", "weight_update", "refit", "sparsity", "nm", "ppl", "eval_split",
     "windows", "total_windows", "max_windows", "nsamples", "seqlen", "seed", "blocks", "attn", "achieved_sparsity",
     "total_swaps", "total_flips", "dsnot", "exact", "zero_shot", "seconds_total", "seconds_prune", "seconds_refine",
-    "peak_memory_mb", "device", "dtype", "key", "output", "finished_at",
+    "seconds_refit", "peak_memory_mb", "device", "dtype", "key", "output", "finished_at",
 )  # fmt: skip
 
 
+def reset_peak_memory() -> str:
+    """Start a new peak of resident memory (Linux: ``/proc/self/clear_refs``); returns the scope of
+    ``peak_memory_mb`` from now on: ``"run"``, or ``"process"`` where the peak cannot be reset."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return "run" if _status_hwm_kib() is not None else "process"
+    except OSError:
+        return "process"
+
+
 def peak_memory_mb() -> float:
-    """Peak resident memory of this process so far (Linux ``ru_maxrss`` is in KiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    """Peak resident memory since ``reset_peak_memory`` (``VmHWM``), else of the whole process so far
+    (``ru_maxrss``); both are in KiB."""
+    hwm = _status_hwm_kib()
+    return (hwm if hwm is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) / 1024
+
+
+def _status_hwm_kib() -> int | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
 
 
 def result_record(
     spec: RunSpec, loaded, ppl, records: list, seconds: dict, *, data_dir, calib_windows: int, total_blocks: int,
-    zero_shot: dict | None = None,
+    zero_shot: dict | None = None, memory_scope: str = "process",
 ) -> dict:  # fmt: skip
     """The run's result dict."""
     zeros = sum(r.sparsity * r.shape[0] * r.shape[1] for r in records)
@@ -65,6 +87,7 @@ def result_record(
         "eval_batch_size": ppl.batch_size,
         "seconds": seconds,
         "peak_memory_mb": peak_memory_mb(),
+        "peak_memory_scope": memory_scope,  # "run": since this run started; "process": since the process started
         "cuda_peak_memory_mb": torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None,
         "versions": {"torch": torch.__version__, "transformers": _version("transformers"), "python": platform.python_version()},
         "threads": torch.get_num_threads(),
@@ -81,8 +104,8 @@ def table_row(result: dict) -> dict:
         if row[nested] is not None:
             row[nested] = json.dumps(row[nested], sort_keys=True, separators=(",", ":"))
     seconds = result.get("seconds", {})
-    row["seconds_total"], row["seconds_prune"], row["seconds_refine"] = (
-        seconds.get("total"), seconds.get("prune"), seconds.get("refine"),
+    row["seconds_total"], row["seconds_prune"], row["seconds_refine"], row["seconds_refit"] = (
+        seconds.get("total"), seconds.get("prune"), seconds.get("refine"), seconds.get("refit"),
     )  # fmt: skip
     return row
 

@@ -24,7 +24,7 @@ DTYPES = ("float32", "float16", "bfloat16")
 # Settings that change speed or where output goes, never the result: left out of the cache key.
 SPEED_ONLY = ("eval_batch_size", "data_dir")
 # Settings added after runs were stored, with the value that leaves those runs' keys unchanged.
-KEY_NEUTRAL: dict[str, object] = {}
+KEY_NEUTRAL: dict[str, object] = {"refit": False}
 _UNSET = object()
 
 
@@ -41,6 +41,7 @@ class RunSpec:
     dsnot: DSnoTConfig | None = None  # DSnoT knobs; None: the preset's
     exact: ExactConfig = field(default_factory=ExactConfig)
     weight_update: bool = True  # SparseGPT without a refiner: OBS weight update, or the saliency mask only
+    refit: bool = False  # re-fit the kept weights of the final mask by least squares (core.refit), after any refiner
     nsamples: int = 32  # calibration windows (paper: 128)
     seqlen: int = 512  # tokens per calibration and evaluation window (paper: 2048)
     seed: int = 0  # calibration sampling seed
@@ -88,7 +89,7 @@ class RunSpec:
     @property
     def needs_gram(self) -> bool:
         """Whether each layer's Gram matrix (SparseGPT's Hessian) must be accumulated."""
-        return self.method == "sparsegpt" or "exact" in self.refiners or self.record_errors
+        return self.method == "sparsegpt" or "exact" in self.refiners or self.refit or self.record_errors
 
     def replace(self, **changes) -> RunSpec:
         return dataclasses.replace(self, **changes)
@@ -127,6 +128,7 @@ class RunSpec:
             parts += [knob_label(k, v) for k, v in exact_overrides(self.exact).items()]
         if self.method == "sparsegpt" and not self.refiners and not self.weight_update:
             parts.append("mask-only")
+        parts += ["refit"] if self.refit else []
         if self.method != "dense":
             parts.append(f"{self.nm[0]}_{self.nm[1]}" if self.nm else f"s{round(self.sparsity * 100)}")
         parts += [f"seed{self.seed}"] if self.seed and self.method != "dense" else []
@@ -137,12 +139,13 @@ class RunSpec:
         return "-".join(parts)
 
     def label(self) -> str:
-        """Short human label: ``wanda + DSnoT (official)``, ``wanda + exact``, ``dense``."""
+        """Short human label: ``wanda + DSnoT (official)``, ``wanda + exact + refit``, ``dense``."""
         if self.method == "dense":
             return "dense"
         names = {"dsnot": f"DSnoT ({self.preset})", "exact": "exact"}
         text = " + ".join([self.method] + [names[r] for r in self.refiners])
-        return text + (" (mask only)" if self.method == "sparsegpt" and not self.refiners and not self.weight_update else "")
+        text += " (mask only)" if self.method == "sparsegpt" and not self.refiners and not self.weight_update else ""
+        return text + (" + refit" if self.refit else "")
 
 
 def format_nm(nm: tuple[int, int] | None) -> str | None:
@@ -187,6 +190,9 @@ def _check(spec: RunSpec) -> None:
         raise ValueError(f"refiner {spec.refiner!r} is not one of {REFINERS}; fix: choose one of them or none")
     if spec.dtype is not None and spec.dtype not in DTYPES:
         raise ValueError(f"dtype {spec.dtype!r} is not one of {DTYPES}; fix: choose one of them")
+    if spec.method == "dense" and spec.refit:
+        raise ValueError("refit re-fits the kept weights of a pruned layer, but method is dense; fix: choose a pruning method "
+                         "or drop --refit")  # fmt: skip
     if spec.method == "dense" and spec.refiner:
         raise ValueError("a refiner improves a pruned mask, but method is dense; fix: choose a pruning method")
     if spec.nm is not None:

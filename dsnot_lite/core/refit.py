@@ -1,0 +1,129 @@
+"""The re-fit: the kept weights that minimise the true error on a fixed mask (least squares).
+
+A mask (True = pruned) fixes which weights are zero; the refiners choose it, and leave the kept
+weights as they were. With the Gram matrix ``G = X^T X`` of the layer's calibration inputs, the
+kept weights ``w'_S`` of a row (kept columns ``S``, pruned ``P``) that minimise the row's true
+squared error ``E_r = (w' - w) G (w' - w)^T`` (spec section 6), damped as SparseGPT damps its
+Hessian, solve the normal equations
+
+    (G_SS + lambda I) w'_S = (G w)_S + lambda w_S,    lambda = percdamp * mean(diag G),
+
+or, for the change ``e_S = w'_S - w_S`` of the kept weights,
+
+    (G_SS + lambda I) e_S = G_SP w_P = (G dW)_S,      dW = w on P, 0 elsewhere.
+
+The damping keeps the system positive definite (a channel that never fires, ``G_jj = 0``, keeps
+its weight: its row of the system reads ``lambda e_j = 0``) and is what SparseGPT's OBS update uses
+(``percdamp`` = 0.01 of the mean diagonal; SparseGPT's Hessian is ``2/n G``, the same up to scale).
+The damped objective is ``E_r(w') + lambda ||w'_S - w_S||^2``.
+
+``refit`` solves every row at once by conjugate gradients on the kept columns, preconditioned by
+the diagonal (as ALPS, Meng et al. 2024, arXiv 2406.07831, solves its masked least squares): each
+iteration is one matrix product ``V G`` of all rows, so the cost is a few dense products per
+layer. CG started from the given weights lowers the damped objective at every iteration; a row
+whose true error would still end above its start (possible only through the damping term or
+rounding) keeps its start, so **no row's true error rises**. The mask is never changed: pruned
+weights stay zero, so N:M blocks are kept.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .checks import check_gram, check_mask, check_weight
+
+PERCDAMP = 0.01  # SparseGPT's damping: this fraction of the mean diagonal of G
+TOLERANCE = 1e-4  # stop a row when its residual is this fraction of its right-hand side
+MAX_ITERATIONS = 100
+
+
+@dataclass
+class RefitResult:
+    """Re-fitted weights (zeros where pruned, the input weight's dtype) and per-row true errors
+    ``E_r`` of the start and of the result (float32 or float64, units of the Gram matrix given)."""
+
+    weight: torch.Tensor
+    initial_error: torch.Tensor
+    final_error: torch.Tensor
+    iterations: int  # CG iterations run (every row of the layer runs the same number)
+    kept_start: int  # rows whose start was kept because the re-fit would have raised their error
+
+
+@torch.no_grad()
+def refit(
+    weight: torch.Tensor,
+    gram: torch.Tensor,
+    mask: torch.Tensor,
+    start: torch.Tensor | None = None,
+    *,
+    percdamp: float = PERCDAMP,
+    tolerance: float = TOLERANCE,
+    max_iterations: int = MAX_ITERATIONS,
+) -> RefitResult:
+    """Least-squares kept weights of the dense ``weight`` on ``mask`` (True = pruned).
+
+    ``gram`` is ``X^T X`` (any positive multiple gives the same weights); ``start`` is where the
+    search starts and what no row may end worse than (default: ``weight`` with the mask applied;
+    e.g. full SparseGPT's updated weights). Computes in float64 if ``weight`` or ``gram`` is
+    float64, else float32, on ``weight``'s device.
+    """
+    check_weight(weight)
+    check_mask(mask, weight)
+    check_gram(gram, weight.shape[1])
+    if start is not None and start.shape != weight.shape:
+        raise ValueError(f"start has shape {tuple(start.shape)} but the weight {tuple(weight.shape)}; pass weights of this layer")
+    if not percdamp >= 0 or not tolerance > 0 or max_iterations < 0:
+        raise ValueError("percdamp must be >= 0, tolerance > 0 and max_iterations >= 0; fix: keep the defaults")
+    dtype = torch.float64 if torch.float64 in (weight.dtype, gram.dtype) else torch.float32
+    device = weight.device
+    w, g = weight.to(dtype), gram.to(device=device, dtype=dtype)
+    keep = (~mask.to(device)).to(dtype)
+    w0 = w * keep if start is None else start.to(device=device, dtype=dtype) * keep
+    initial = _row_errors(w0 - w, g)
+    damping = percdamp * float(g.diagonal().mean())
+    if damping <= 0:  # no input ever fired: every weight change leaves the output as it is
+        return RefitResult(w0.to(weight.dtype), initial, initial.clone(), 0, 0)
+    e, iterations = _masked_cg(g, damping, keep, (w * (1 - keep)) @ g * keep, (w0 - w) * keep, tolerance, max_iterations)
+    fitted = (w + e) * keep
+    final = _row_errors(fitted - w, g)
+    worse = final > initial
+    fitted[worse], final[worse] = w0[worse], initial[worse]
+    return RefitResult(fitted.to(weight.dtype), initial, final, iterations, int(worse.sum()))
+
+
+def _masked_cg(g, damping, keep, rhs, e, tolerance, max_iterations) -> tuple[torch.Tensor, int]:
+    """Solve ``(e G) * keep + damping e = rhs`` for every row ``e`` supported on ``keep``, by
+    Jacobi-preconditioned conjugate gradients from ``e``; returns the solution and the iterations.
+
+    Each iteration lowers the damped objective of every row by ``alpha r.z``; the search stops once
+    an iteration lowers the layer's total by less than ``tolerance`` of what all iterations did.
+    """
+    inverse_diag = keep / (g.diagonal() + damping)
+    residual = rhs - ((e @ g) * keep + damping * e)
+    z = residual * inverse_diag
+    direction = z
+    rz = (residual * z).sum(1)
+    gained = 0.0
+    for iteration in range(max_iterations):
+        q = (direction @ g) * keep + damping * direction
+        curvature = (direction * q).sum(1)
+        alpha = torch.where(curvature > 0, rz / curvature, torch.zeros_like(rz))
+        e = e + alpha.unsqueeze(1) * direction
+        step = float((alpha * rz).sum())
+        gained += step
+        if step <= tolerance * gained:
+            return e, iteration + 1
+        residual = residual - alpha.unsqueeze(1) * q
+        z = residual * inverse_diag
+        rz_next = (residual * z).sum(1)
+        beta = torch.where(rz > 0, rz_next / rz, torch.zeros_like(rz)).unsqueeze(1)
+        direction = z + beta * direction
+        rz = rz_next
+    return e, max_iterations
+
+
+def _row_errors(delta: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    """Per row ``delta G delta^T``."""
+    return ((delta @ g) * delta).sum(1)
