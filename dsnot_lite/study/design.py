@@ -19,7 +19,7 @@ TUNE_WINDOWS, GRID_WINDOWS = 64, 32
 # uses the first 64 windows and, for now, seed 0 (seeds 1 and 2 are the next runs to add).
 HEADLINE_WINDOWS = {"smollm2-135m": None, "gemma3-270m": 64}
 HEADLINE_SEEDS = {"smollm2-135m": SEEDS, "gemma3-270m": (0,)}
-PLANNED = {"gemma3-270m": ("headline",)}  # a model's stages when none are named (default: all of STAGES)
+PLANNED = {"gemma3-270m": ("headline", "refit")}  # a model's stages (default: all of STAGES)
 TUNED_ON = "smollm2-135m"  # models without their own tune stage use the setting tuned on this one
 GRID_ORDER = (0.6, "2:4", 0.7, 0.5, 0.8)  # the grid is computed in this order: the levels the story needs first
 METHODS = ("magnitude", "wanda", "sparsegpt")
@@ -49,12 +49,31 @@ TUNED = [k for k, v in VARIANTS.items() if v[0] == "dsnot" and k != "per-row sta
 # the paper preset at 60% (the epsilon and variance-floor variants are compared at 60% in the tune
 # stage; at 60% the paper preset changes Wanda by about 1%, so it is not repeated at every level).
 GRID_VARIANTS = ("none", "official", "tuned", "exact")
-STAGES = ("tune", "headline", "grid", "criteria", "floor", "zeroshot")
+STAGES = ("tune", "headline", "grid", "criteria", "floor", "zeroshot", "refit")
 ZERO_SHOT_TASKS, ZERO_SHOT_DOCS = ("wikitext2_lastword",), 300
+# The refit stage: no-training pipelines of this library (a mask, then the least-squares re-fit of its
+# kept weights) against full SparseGPT, by level and calibration seed, computed in this order (the
+# levels the goal needs first, seed 0 first), on the first REFIT_WINDOWS test windows; some levels
+# also on the full test set, after all of those.
+REFIT_PIPELINES: dict[str, dict] = {
+    "sparsegpt (full)": {"method": "sparsegpt"},
+    "wanda + refit": {"method": "wanda", "refit": True},
+    "wanda + exact + refit": {"method": "wanda", "refiner": "exact", "refit": True},
+    "sparsegpt mask + exact + refit": {"method": "sparsegpt", "refiner": "exact", "refit": True},
+}
+REFIT_WINDOWS = 64
+REFIT_LEVELS = {"smollm2-135m": (0.6, 0.7, "2:4", 0.5, 0.8), "gemma3-270m": (0.6, 0.7, "2:4")}
+REFIT_SEEDS = {"smollm2-135m": SEEDS, "gemma3-270m": (0,)}
+REFIT_FULL_TEST = {"smollm2-135m": (0.6, 0.7)}  # levels also scored on the whole test set
 
 
 def base_spec(model: str, data_dir: str | None = None) -> RunSpec:
     return RunSpec(model=model, nsamples=16, seqlen=512, record_errors=True, data_dir=data_dir)
+
+
+def level_changes(level: float | str) -> dict:
+    """``0.6`` -> ``{"sparsity": 0.6}``, ``"2:4"`` -> ``{"nm": (2, 4)}``: a level of the grid or the refit stage."""
+    return {"nm": (2, 4)} if level == "2:4" else {"sparsity": level}
 
 
 def variant(base: RunSpec, name: str, **changes) -> RunSpec:

@@ -19,6 +19,10 @@ Stages, in the order they run (``--list`` prints every run of each):
   attention, one calibration window per forward) against our defaults.
 * ``zeroshot``: dense, Wanda 60%, + DSnoT (official), + exact on the offline zero-shot smoke task
   ``wikitext2_lastword`` (first 300 documents; lm-evaluation-harness).
+* ``refit``: beyond the mask: full SparseGPT against Wanda + re-fit, Wanda + exact + re-fit and
+  SparseGPT's mask + exact + re-fit (``--refit``: least-squares kept weights, ``core.refit``) at
+  50/60/70/80% and 2:4 with three calibration seeds, first 64 test windows; 60% and 70% also on the
+  full test set (``design.REFIT_*``; Gemma 3 270M: 60%, 70%, 2:4, seed 0).
 
 All stages calibrate on 16 C4 windows of 512 tokens and record per-layer errors (mean/variance
 split). The report (``study.refinement_report``) turns the stored runs into ``README.md``,
@@ -45,6 +49,11 @@ from dsnot_lite.study.design import (
     HEADLINE_WINDOWS,
     METHODS,
     PLANNED,
+    REFIT_FULL_TEST,
+    REFIT_LEVELS,
+    REFIT_PIPELINES,
+    REFIT_SEEDS,
+    REFIT_WINDOWS,
     SEEDS,
     STAGES,
     TUNE_WINDOWS,
@@ -54,6 +63,7 @@ from dsnot_lite.study.design import (
     ZERO_SHOT_DOCS,
     ZERO_SHOT_TASKS,
     base_spec,
+    level_changes,
     variant,
 )  # fmt: skip
 
@@ -136,6 +146,22 @@ class Study:
         return {"dense": base.replace(method="dense"), "wanda": head, "wanda + DSnoT (official)": variant(head, "official"),
                 "wanda + exact": variant(head, "exact")}  # fmt: skip
 
+    def refit_specs(self) -> dict[str, RunSpec]:
+        """``"<pipeline> | <level> | seed <s>"`` on the first 64 test windows, level by level in the
+        order of ``REFIT_LEVELS``, then ``"... | full test set"`` for ``REFIT_FULL_TEST``; and dense."""
+        specs: dict[str, RunSpec] = {}
+        seeds = REFIT_SEEDS.get(self.model, SEEDS)
+        for windows, levels, suffix in ((REFIT_WINDOWS, REFIT_LEVELS.get(self.model, ()), ""),
+                                        (None, REFIT_FULL_TEST.get(self.model, ()), " | full test set")):  # fmt: skip
+            for level in levels:
+                for seed in seeds:
+                    for label, changes in REFIT_PIPELINES.items():
+                        spec = self.base.replace(max_windows=windows, seed=seed, **level_changes(level), **changes)
+                        specs[f"{label} | {level} | seed {seed}{suffix}"] = spec
+            if levels:
+                specs[f"dense{suffix}"] = self.base.replace(method="dense", max_windows=windows)
+        return specs
+
     def specs(self, stage: str) -> dict[str, RunSpec]:
         if stage not in STAGES:
             raise ValueError(f"unknown study stage {stage!r}; fix: choose among {STAGES}")
@@ -156,8 +182,10 @@ class Study:
 
 
 def main(args) -> int:
-    """``python -m dsnot_lite study [STAGE ...] [--list] [--report-only]``."""
-    stages = tuple(args.stage) or PLANNED.get(args.model, STAGES)
+    """``python -m dsnot_lite study [STAGE ...] [--list] [--report-only]``: runs the named stages (default:
+    the model's planned ones); the report always covers every planned stage."""
+    planned = PLANNED.get(args.model, STAGES)
+    stages = tuple(args.stage) or planned
     study = Study(args.model, args.out, args.data_dir, progress=not args.no_progress)
     for stage in stages:
         study.specs(stage)  # unknown stage names fail here, before any work
@@ -171,6 +199,6 @@ def main(args) -> int:
         for stage, label, result in study.run(stages):
             ppl = f"ppl {result['ppl']:.3f}" if result else "held by another worker"
             print(f"[{stage}] {label}: {ppl}", file=sys.stderr, flush=True)
-    for path in refinement_report.write_report(study, planned=stages):
+    for path in refinement_report.write_report(study, planned=tuple(dict.fromkeys(planned + stages))):
         print(path)
     return 0
