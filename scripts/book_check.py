@@ -55,7 +55,7 @@ INSPECT_JS = """() => {
     rawTex: raw.slice(0, 5),
     texInSource: Array.from(document.querySelectorAll('script[type^="math/tex"]')).length,
     banner: document.querySelectorAll('.book-banner').length,
-    openCollapsed: Array.from(document.querySelectorAll('.jp-Cell.celltag_solution details.book-collapsed, .jp-Cell.celltag_setup details.book-collapsed'))
+    openCollapsed: Array.from(document.querySelectorAll('.jp-Cell.celltag_solution details, .jp-Cell.celltag_setup details'))
       .filter(d => d.open).length,
     collapsed: document.querySelectorAll('details.book-collapsed').length,
     solutionCells: document.querySelectorAll('.jp-Cell.celltag_solution').length,

@@ -119,6 +119,11 @@ def prepare(executed, clean) -> dict:
     for cell in executed.cells:
         if "exercise" in cell.get("metadata", {}).get("tags", []) and cell.get("id") in stubs:
             cell.source = stubs[cell.get("id")]
+    for cell in executed.cells:  # show_solution(...) displays the solution collapsed: its call adds nothing
+        if "solution" in cell.get("metadata", {}).get("tags", []) and any(
+            "<details" in "".join(o.get("data", {}).get("text/html", "")) for o in cell.get("outputs", [])
+        ):
+            cell.metadata["book_hide_input"] = True
     widgets = snapshot_outputs(executed)
     figures = sum(
         1

@@ -112,7 +112,8 @@ def test_page_is_offline_with_banner_collapsed_solutions_and_stub():
     assert "cdn" not in page.lower() and "require.js" not in page and "unpkg" not in page
     assert '<script src="mathjax/MathJax.js?config=' in page
     assert "Fast mode" in page and "a reason" in page and "12 s" in page  # the banner
-    assert page.count('<details class="book-collapsed">') == 2  # set-up and solution cells
+    assert page.count('<details class="book-collapsed">') == 1  # the set-up cell
+    assert "show_solution" not in page and "<details><summary>Solution</summary>" in page  # one expander per solution
     assert "NotImplementedError" in page and "SECRET_SOLUTION" not in page  # the stub, as the reader gets it
     assert 'href="02_next.html"' in page and "02_next.ipynb" not in page
     assert book_widgets.STATE_MIME not in page and "book-widget" in page
