@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dsnot_lite.plots.style import AFTER, BEFORE, OKABE_ITO, PALETTE, own
+from dsnot_lite.plots.style import AFTER, BEFORE, OKABE_ITO, PALETTE, log_axis, own
 
 
 def layer_errors(frame, ax=None, title: str = ""):
@@ -59,18 +59,24 @@ def flips_per_layer(frame, ax=None, title: str = ""):
 
 
 def ppl_bars(frame, ax=None, title: str = "", label_col: str = "run", value_col: str = "ppl", logy: bool = False):
-    """Horizontal bars of perplexity per run (value written at the end of each bar)."""
+    """Horizontal bars of perplexity per run (value written at the end of each bar).
+
+    With ``logy`` the axis is logarithmic and every bar starts at perplexity 1 (a perfect model), so
+    a bar's length is its mean token NLL and bars compare honestly; on a linear axis they start at 0.
+    """
     fig, ax = own(ax, size=(7.0, 0.5 + 0.45 * len(frame)))
     labels = list(frame[label_col])
     values = [float(v) for v in frame[value_col]]
     colors = [AFTER if " + " in lab else (OKABE_ITO["black"] if lab == "dense" else BEFORE) for lab in labels]
-    ax.barh(range(len(values)), values, color=colors)
+    start = 1.0 if logy else 0.0
+    ax.barh(range(len(values)), [v - start for v in values], left=start, color=colors)
     for i, v in enumerate(values):
         ax.text(v, i, f" {v:.2f}", va="center", fontsize=8)
     ax.set_yticks(range(len(values)), labels)
     ax.invert_yaxis()
     if logy:
-        ax.set_xscale("log")
-    ax.set_xlabel("WikiText-2 perplexity (lower is better)")
+        log_axis(ax, "x")
+        ax.set_xlim(start, max(values) * 3)  # room for the value labels
+    ax.set_xlabel("WikiText-2 perplexity (lower is better)" + (", log scale from 1" if logy else ""))
     ax.set_title(title or "Perplexity")
     return fig

@@ -41,10 +41,11 @@ def paper_table7_frame():
     return frame
 
 
-def compare_with_paper(results, sparsity: float = 0.6):
+def compare_with_paper(results, ours: str, sparsity: float = 0.6):
     """Our runs (result dicts) next to the paper's Table 1 LLaMA rows, one line per (method, DSnoT).
 
-    Columns: ``ours`` (perplexity we measured) and one ``paper: <model>`` column per quoted model.
+    Columns: ``ours: <ours>`` (the perplexity we measured; ``ours`` names our model and setting, so
+    a column never mixes models) and one ``paper: <model>`` column per quoted model.
     """
     import pandas as pd
 
@@ -56,7 +57,7 @@ def compare_with_paper(results, sparsity: float = 0.6):
         if r.get("refiner") not in (None, "dsnot"):
             continue
         key = "dense" if r["method"] == "dense" else (r["method"], refined)
-        line = {"run": r["label"], "ours": r["ppl"]}
+        line = {"run": r["label"], f"ours: {ours}": r["ppl"]}
         for model in ("LLaMA-1 7B", "LLaMA-2 7B"):
             quoted = PAPER_TABLE1[model].get(key)
             line[f"paper: {model}"] = (
@@ -64,6 +65,18 @@ def compare_with_paper(results, sparsity: float = 0.6):
             )
         lines.append(line)
     return pd.DataFrame(lines)
+
+
+def paper_table1_frame(sparsity: float = 0.6):
+    """Paper Table 1 at 60% unstructured (quoted; WikiText-2 perplexity), one row per model."""
+    import pandas as pd
+
+    if abs(sparsity - 0.6) > 1e-9:
+        raise ValueError(f"the paper's Table 1 is at 60% sparsity, got {sparsity}; fix: use 0.6")
+    columns = {"dense": "dense", **{(m, d): f"{m}{' w. DSnoT' if d else ''}" for m in METHOD_ORDER for d in (False, True)}}
+    frame = pd.DataFrame({model: {name: vals[key] for key, name in columns.items()} for model, vals in PAPER_TABLE1.items()}).T
+    frame.index.name = "model (quoted from the paper)"
+    return frame
 
 
 SPARSEGPT_NOTE = (
