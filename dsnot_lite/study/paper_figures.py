@@ -168,16 +168,20 @@ def main_table(frame, sparsity: float = 0.6) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _perplexity_axes(ax, xlabel: str) -> None:
-    """A log perplexity axis with its labels."""
+def _perplexity_axes(ax, xlabel: str, bars: bool = False) -> None:
+    """A log perplexity axis with its labels; for ``bars`` it starts at perplexity 1 (see ``_bars``)."""
     log_axis(ax)
+    if bars:
+        ax.set_ylim(bottom=1.0)
     ax.set_xlabel(xlabel)
-    ax.set_ylabel("WikiText-2 perplexity (log scale)")
+    ax.set_ylabel("WikiText-2 perplexity (log scale" + (", bars from 1)" if bars else ")"))
 
 
 def _bars(ax, x, values, labels, width, offset, color, hatch, label):
+    """Bars rising from perplexity 1 (a perfect model): on a log axis a bar's height is then its mean
+    token NLL, so bars compare honestly wherever the axis ends."""
     pos = x + offset
-    ax.bar(pos, values, width, color=color, hatch=hatch, label=label)
+    ax.bar(pos, [v - 1.0 for v in values], width, bottom=1.0, color=color, hatch=hatch, label=label)
     for p, v, t in zip(pos, values, labels):
         if math.isfinite(v):
             ax.text(p, v, t, ha="center", va="bottom", fontsize=7, rotation=90)
@@ -199,7 +203,7 @@ def main_figure(frame, sparsity: float = 0.6):
         vals = [np.nan if v is None else v for v in vals]
         _bars(ax, x, vals, [_fmt(v) for v in vals], 0.26, (j - 1) * 0.27, colors[refiner], None, head)
     ax.set_xticks(x, METHOD_ORDER)
-    _perplexity_axes(ax, "initial pruning method")
+    _perplexity_axes(ax, "initial pruning method", bars=True)
     room_above_bars(ax)
     ax.set_title(f"Ours: {model}, {sparsity:.0%} unstructured\n({_setting(sel) or 'no runs'})", fontsize=9)
     if model:
@@ -211,7 +215,7 @@ def main_figure(frame, sparsity: float = 0.6):
             _bars(ax, x, [float(t) for t in texts], texts, 0.2, (2 * i + j - 1.5) * 0.2, AFTER if refined else BEFORE,
                   "//" if i else None, f"{name}: {'w. DSnoT' if refined else 'initial'}")  # fmt: skip
     ax.set_xticks(x, METHOD_ORDER)
-    _perplexity_axes(ax, "initial pruning method")
+    _perplexity_axes(ax, "initial pruning method", bars=True)
     room_above_bars(ax)
     ax.set_title("Paper, 60% unstructured (quoted, not measured here)", fontsize=9)
     ax.legend(fontsize=7)
@@ -321,7 +325,7 @@ def criterion_figure(frame):
         grid = grid.loc[[r for r in ("eq2", "eq3", "wanda", "magnitude") if r in grid.index],
                         [c for c in ("wanda", "eq3", "eq2", "magnitude") if c in grid.columns]]  # fmt: skip
         grid.index.name, grid.columns.name = "prune criterion", "grow criterion"
-        criterion_heatmap(grid, axes[0, 0], title=f"Ours: {model}, Wanda 60%, official preset ({len(pairs)} grow x prune pairs)",
+        criterion_heatmap(grid, axes[0, 0], title=f"Ours: {model}, Wanda 60%, official preset\n({len(pairs)} grow x prune pairs)",
                           label="WikiText-2 perplexity", fmt="{:.2f}")  # fmt: skip
     else:
         axes[0, 0].text(0.5, 0.5, "This table has no grow x prune grid\nfor Wanda 60% + DSnoT.\n\n"
