@@ -14,8 +14,9 @@ from pathlib import Path
 
 from dsnot_lite.plots.style import AFTER, BEFORE, PALETTE, log_axis, new_figure, save_figure, save_text
 from dsnot_lite.runs import io, schema
-from dsnot_lite.study.design import HEADLINE_SEEDS, HEADLINE_WINDOWS, SEEDS, STAGES
+from dsnot_lite.study.design import HEADLINE_SEEDS, HEADLINE_WINDOWS, REFIT_SEEDS, SEEDS, STAGES
 from dsnot_lite.study.intervals import PairedDifference, paired_difference
+from dsnot_lite.study.refit_report import error_figure, refit_figure, refit_section
 
 HEADLINE_ORDER = ("dense", "wanda", "wanda + DSnoT (official)", "wanda + DSnoT (tuned)", "wanda + exact", "sparsegpt")
 COMPARISONS = (  # (B, A): "B against A"
@@ -32,7 +33,7 @@ def _fmt(v: float | None) -> str:
     return f"{v:.3g}" if abs(v) >= 1000 else f"{v:.2f}"
 
 
-def write_report(study, planned: tuple[str, ...] = ("tune", "headline", "grid", "criteria", "floor", "zeroshot")) -> list[Path]:
+def write_report(study, planned: tuple[str, ...] = STAGES) -> list[Path]:
     """Write README.md, results.csv and the figures into ``study.folder`` for the ``planned``
     stages of this model; returns the paths."""
     stages = {stage: study.results(stage) for stage in planned}
@@ -45,9 +46,10 @@ def write_report(study, planned: tuple[str, ...] = ("tune", "headline", "grid", 
         "criteria": lambda: _criteria(stages["criteria"]),
         "floor": lambda: _floor(stages["floor"]),
         "zeroshot": lambda: _zero_shot(stages["zeroshot"]),
+        "refit": lambda: refit_section(stages["refit"], REFIT_SEEDS.get(study.model, SEEDS)),
     }
     lines = _intro(study, stages, wanted)
-    for stage in ("headline", "tune", "grid", "criteria", "floor", "zeroshot"):
+    for stage in ("headline", "refit", "tune", "grid", "criteria", "floor", "zeroshot"):
         if stage in stages or (stage == "tune" and "headline" in stages):  # the tuned setting's origin
             lines += sections[stage]() if stage in stages else _tuning({}, study.tuned_variant())
     lines += _layers(headline) + _costs(headline)
@@ -56,6 +58,8 @@ def write_report(study, planned: tuple[str, ...] = ("tune", "headline", "grid", 
     figures = [
         ("fig_headline.png", _headline_figure(headline, study.model)),
         ("fig_grid.png", _grid_figure(stages.get("grid", {}), study.model)),
+        ("fig_refit.png", refit_figure(stages.get("refit", {}), study.model)),
+        ("fig_refit_errors.png", error_figure(stages.get("refit", {}), study.model)),
     ]
     for name, fig in figures:
         if fig is not None:
@@ -87,7 +91,7 @@ def _intro(study, stages, wanted) -> list[str]:
         "Protocol: calibration on 16 C4 windows of 512 tokens (seed 0 unless stated), WikiText-2 perplexity on "
         f"non-overlapping 512-token windows: the **headline** on {headline} with {seeds}; "
         "**tuning** on the first 64 *validation* windows (seed 0); the **grid**, **criteria** and **floor** stages "
-        "on the first 32 test windows (seed 0). Intervals are 95% bootstrap intervals over evaluation windows of the "
+        "on the first 32 test windows (seed 0); the **refit** stage as its section says. Intervals are 95% bootstrap intervals over evaluation windows of the "
         "per-window log-perplexity difference (the same windows resampled for every seed), shown as the change in "
         "perplexity, with each seed's own change in brackets. `official` is the authors' DSnoT bit for bit; "
         "`exact` is the exact-objective swap refiner (T = 50, shortlist 8).", "",
