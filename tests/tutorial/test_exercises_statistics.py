@@ -9,7 +9,7 @@ from dsnot_lite.core.pruners import mask_from_score
 from dsnot_lite.tutorial.exercises import checking
 from dsnot_lite.tutorial.exercises import statistics as ex
 
-NAMES = ["official_statistics", "true_error", "error_split", "nm_mask"]
+NAMES = ["official_statistics", "true_error", "error_split", "nm_mask", "floored_grow_choice"]
 
 
 @pytest.fixture(autouse=True)
@@ -145,6 +145,27 @@ def nm_blocks_down_rows(S, n, m):
 )
 def test_nm_mask_names_the_slip(wrong, words):
     _rejects(ex.check_nm_mask, wrong, words)
+
+
+# --------------------------------------------------------------------------- the variance floor
+def floor_missing(W, M, E_A, Var_A, var_floor):
+    return ex.floored_grow_choice(W, M, E_A, Var_A, 0.0)
+
+
+def floor_not_scaled(W, M, E_A, Var_A, var_floor):
+    return ex.floored_grow_choice(W, M, E_A, Var_A.clamp_min(var_floor), 0.0)
+
+
+def floor_from_mean(W, M, E_A, Var_A, var_floor):
+    return ex.floored_grow_choice(W, M, E_A, Var_A.clamp_min(var_floor * Var_A.mean()), 0.0)
+
+
+@pytest.mark.parametrize(
+    ("wrong", "words"),
+    [(floor_missing, ["unfloored"]), (floor_not_scaled, ["TIMES the median"]), (floor_from_mean, ["MEDIAN"])],
+)
+def test_floored_grow_choice_names_the_slip(wrong, words):
+    _rejects(ex.check_floored_grow_choice, wrong, words)
 
 
 def test_split_adds_up_to_the_true_error():

@@ -36,16 +36,15 @@ class Expected:
 
 
 def hinted(compare: Compare) -> Compare:
-    """``compare`` against ``Expected.value``; on a miss, name the slip whose answer the reader gave."""
+    """``compare`` against ``Expected.value``; on a miss, name the slips whose answer the reader gave
+    (several when this case cannot tell them apart)."""
 
     def check(got, want: Expected) -> str | None:
         problem = compare(got, want.value)
         if problem is None:
             return None
-        for answer, meaning in want.slips:
-            if compare(got, answer) is None:
-                return f"{meaning} ({problem})"
-        return problem
+        meanings = [meaning for answer, meaning in want.slips if compare(got, answer) is None]
+        return f"{'; or '.join(meanings)} ({problem})" if meanings else problem
 
     return check
 

@@ -1,4 +1,5 @@
-"""Exercises of notebooks 02 and 03: the statistics DSnoT reads, the true error and its split, N:M masks.
+"""Exercises of notebooks 02 and 03: the statistics DSnoT reads, the true error and its split, N:M masks, a
+variance floor for Eq. 2.
 
 Each exercise is a solution ``<name>(...)`` (plain torch, the paper's symbols) and a checker
 ``check_<name>(fn)`` that runs a reader's function on random cases, edge cases and the tokens of a
@@ -10,14 +11,17 @@ Symbols: ``X`` the calibration inputs, ``W`` the weight (C_out, C_in), ``M`` the
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 
+from dsnot_lite.core.dsnot import dsnot, preset
 from dsnot_lite.core.errors import error_parts, gram_matrix, removed_weights, row_squared_error
 from dsnot_lite.core.pruners import mask_from_score
 from dsnot_lite.core.stats import ChannelStats
 
-from .checking import Case, Compare, Verdict, close, run_checks, same_mask
-from .one_layer import Expected, hinted
+from .checking import Case, Compare, Verdict, close, run_checks, same_index, same_mask
+from .one_layer import Expected, _stats, hinted
 
 MODULE = "statistics"
 
@@ -247,3 +251,74 @@ def check_nm_mask(fn) -> Verdict:
     S = layer.weight.abs() * layer.stats.scaler_row.sqrt()
     cases.append(Case("Wanda scores of a synthetic layer, 2:4", (S, 2, 4)))
     return run_checks(f"{MODULE}.nm_mask", fn, cases, _nm_expected, hinted(same_mask("N:M mask")))
+
+
+# --------------------------------------------------------------------------- 5. floored Eq. 2 (03)
+def floored_grow_choice(
+    W: torch.Tensor, M: torch.Tensor, E_A: torch.Tensor, Var_A: torch.Tensor, var_floor: float
+) -> torch.Tensor:
+    """DSnoT's first grow choice with a variance floor (``--var-floor``): Eq. 2 with Var(A_k) replaced
+    by max(Var(A_k), var_floor x median Var) (the median as ``torch.median`` gives it), so a
+    near-constant channel no longer gets a huge score. Among the PRUNED weights: argmax of
+    W_rk E[A_k] / Var if E[Delta_r] > 0, argmin otherwise. Returns a long tensor (C_out,)."""
+    floored = Var_A.clamp_min(var_floor * Var_A.median())  # the floor: a share of the typical variance
+    c = W * E_A
+    error = (c * M).sum(dim=1)
+    score = c / floored
+    largest = score.masked_fill(~M, float("-inf")).argmax(dim=1)
+    smallest = score.masked_fill(~M, float("inf")).argmin(dim=1)
+    return torch.where(error > 0, largest, smallest)
+
+
+def _floored_expected(W, M, E_A, Var_A, var_floor) -> Expected:
+    cfg = replace(preset("paper"), T=1, eps=0.0, var_floor=var_floor)
+    want = dsnot(W, _stats(E_A, Var_A), M, cfg, trace=True).trace.grown[0]
+
+    def pick(var):
+        c = W * E_A
+        score, error = c / var, (c * M).sum(1)
+        return torch.where(error > 0, score.masked_fill(~M, float("-inf")).argmax(1),
+                           score.masked_fill(~M, float("inf")).argmin(1))  # fmt: skip
+
+    return Expected(
+        want,
+        (
+            (pick(Var_A), "you left the variance unfloored: divide by max(Var(A_k), var_floor x median Var)"),
+            (pick(Var_A.clamp_min(var_floor)), "your floor is var_floor itself; it is var_floor TIMES the median variance"),
+            (pick(Var_A.clamp_min(var_floor * Var_A.mean())), "your floor uses the mean variance; it is a share of the MEDIAN"),
+            (
+                pick(Var_A.clamp_max(var_floor * Var_A.median())),
+                "you capped the variance from above (min); the floor raises small variances: max(Var, floor)",
+            ),
+        ),
+    )
+
+
+def check_floored_grow_choice(fn) -> Verdict:
+    """Check a reader's ``floored_grow_choice(W, M, E_A, Var_A, var_floor)`` against ``core.dsnot`` with ``var_floor``."""
+    cases = []
+    for rows, cols, seed, floor, scale in (
+        (4, 16, 0, 0.1, 0.01),
+        (8, 32, 1, 0.5, 3.0),
+        (8, 32, 2, 1.0, 0.02),
+        (6, 24, 3, 0.0, 1.0),
+    ):
+        g = torch.Generator().manual_seed(seed)
+        W = torch.randn(rows, cols, generator=g) / cols**0.5
+        E_A = torch.randn(cols, generator=g)
+        Var_A = (torch.rand(cols, generator=g) + 0.5) * scale
+        channels = torch.randperm(cols, generator=g)
+        Var_A[channels[:3]] = 1e-4 * scale  # near-constant channels
+        Var_A[channels[3:5]] = 50 * scale  # loud ones: the mean variance is far above the median
+        M = mask_from_score(W.abs() * (E_A**2 + Var_A).sqrt(), 0.6)
+        name = f"random {rows}x{cols}, variances ~{scale:g} with near-constant and loud channels, var_floor={floor}"
+        cases.append(Case(name, (W, M, E_A, Var_A, floor)))
+    layer = _synthetic()
+    s = layer.stats
+    var = s.var.clone()
+    var[layer.outlier_channels[0]] = 1e-5
+    M = mask_from_score(layer.weight.abs() * s.scaler_row.sqrt(), 0.6)
+    cases.append(
+        Case("a synthetic layer, one channel made near-constant, var_floor=0.1", (layer.weight, M, s.sum_metric_row, var, 0.1))
+    )
+    return run_checks(f"{MODULE}.floored_grow_choice", fn, cases, _floored_expected, hinted(same_index("grown column")))
