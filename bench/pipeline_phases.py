@@ -10,7 +10,8 @@ Writes ``bench/results/pipeline_phases[-<label>].json`` and ``.md``. A plain scr
 ``runs.runner.run`` (the code ``python -m dsnot_lite run`` executes), and reads the seconds per
 phase that the runner's ``PhaseTimer`` records. Configurations: Wanda, Wanda + DSnoT (official),
 Wanda + DSnoT with per-layer error records (``--record-errors``), Wanda + the exact refiner (T = 50, and T = 10), full
-SparseGPT. *Pruning phases* = capture + statistics + prune + refine + block forward (model
+SparseGPT, Wanda + the least-squares re-fit (``--refit``) with and without the exact refiner. *Pruning phases* =
+capture + statistics + prune + refine + refit + block forward (model
 loading, data and evaluation excluded; evaluation is cut to one window). Reported: the median of
 each phase over rounds, and the ratio of pruning phases to Wanda's taken within each round
 (configurations ran minutes apart on the same machine), median and range over rounds.
@@ -45,7 +46,7 @@ from dsnot_lite.runs.pipeline import PhaseTimer, prune_model  # noqa: E402
 from dsnot_lite.runs.runner import ModelSession, run  # noqa: E402
 from dsnot_lite.runs.spec import RunSpec  # noqa: E402
 
-PRUNING_PHASES = ("capture", "statistics", "prune", "refine", "block_forward")
+PRUNING_PHASES = ("capture", "statistics", "prune", "refine", "refit", "block_forward")
 CONFIGS = {  # label -> RunSpec changes
     "wanda": {},
     "wanda + DSnoT (official)": {"refiner": "dsnot"},
@@ -53,6 +54,8 @@ CONFIGS = {  # label -> RunSpec changes
     "wanda + exact": {"refiner": "exact"},
     "wanda + exact (T = 10)": {"refiner": "exact", "exact": ExactConfig(T=10)},
     "sparsegpt (full)": {"method": "sparsegpt"},
+    "wanda + refit": {"refit": True},
+    "wanda + exact + refit": {"refiner": "exact", "refit": True},
 }
 
 

@@ -199,7 +199,8 @@ def _best_pair(w, grow_gain, prune_cost, g, shortlist: int | None):
     k = w.shape[1] if shortlist is None else min(shortlist, w.shape[1])
     gain, grow = torch.topk(grow_gain, k, dim=1, largest=False)
     cost, prune = torch.topk(prune_cost, k, dim=1, largest=False)
-    g_pairs = torch.take(g, grow.unsqueeze(2) * g.shape[1] + prune.unsqueeze(1))  # G[g, p] for every shortlisted pair
+    pairs = (grow.unsqueeze(2) * g.shape[1] + prune.unsqueeze(1)).flatten()
+    g_pairs = g.view(-1).index_select(0, pairs).view(grow.shape[0], k, k)  # G[g, p] for every shortlisted pair
     cross = g_pairs * (w.gather(1, grow).unsqueeze(2) * w.gather(1, prune).unsqueeze(1))
     delta = (gain.unsqueeze(2) + cost.unsqueeze(1) - 2 * cross).flatten(1)
     best, at = delta.min(dim=1)
