@@ -69,6 +69,11 @@ def start_lab(workdir: Path, scratch: Path, port: int, token: str) -> subprocess
     news = scratch / "lab-settings" / "@jupyterlab" / "apputils-extension" / "notification.jupyterlab-settings"
     news.parent.mkdir(parents=True)
     news.write_text(json.dumps({"fetchNews": "false"}))
+    # Every cell in the DOM: JupyterLab 4 attaches only the cells near the viewport by default, so a
+    # widget further down a long notebook would not be found.
+    tracker = scratch / "lab-settings" / "@jupyterlab" / "notebook-extension" / "tracker.jupyterlab-settings"
+    tracker.parent.mkdir(parents=True)
+    tracker.write_text(json.dumps({"windowingMode": "none"}))
     env = dict(os.environ)
     env.update(
         DSNOT_LITE_FAST="1",
