@@ -3,20 +3,28 @@
 The files in ``../shared/reference/official-dsnot/`` each hold one layer, its statistics and the
 masks the reference code returns (see that folder's README). ``masks_for_case`` recomputes both
 masks from the weight, the statistics and the parameters alone; it never reads the expected masks.
+
+``../shared/reference/official-e2e/`` holds the zero patterns of a whole model pruned by the
+authors' own pipeline (``load_e2e``). ``teacher_forced`` runs our pipeline on the same model and
+checks it layer by layer: our mask, from our statistics, against theirs, every difference judged
+by ``core.near_ties`` (a float near-tie, or a real difference), then their mask is adopted so
+the next block sees the inputs their pipeline saw.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
 from safetensors import safe_open
 
 from .core.dsnot import dsnot, preset
+from .core.near_ties import RowVerdict, Tolerance, explain_rows
 from .core.pruners import initial_mask, initial_score, mask_from_score
 from .core.stats import ChannelStats
+from .runs.spec import RunSpec
 
 STAT_KEYS = ("sum_metric_row", "scaler_row", "var", "mean")
 # The reference code's argument names -> ours (DSnoTConfig fields) and their types; the only place
@@ -102,3 +110,60 @@ def e2e_differences(ours: dict[str, torch.Tensor], theirs: dict[str, torch.Tenso
     if missing:
         raise ValueError(f"layers {missing[:3]} are not in the reference; fix: compare a model of the same architecture")
     return {name: int((ours[name] != theirs[name]).sum()) for name in ours if not torch.equal(ours[name], theirs[name])}
+
+
+@dataclass
+class LayerConformance:
+    """One linear layer of a teacher-forced run: how many mask entries differ from the reference,
+    and the verdict on every differing row (``core.near_ties``)."""
+
+    name: str
+    differing: int
+    verdicts: list[RowVerdict] = field(default_factory=list)
+
+    @property
+    def unexplained(self) -> list[RowVerdict]:
+        return [v for v in self.verdicts if not v.explained]
+
+    @property
+    def near_ties(self) -> int:
+        """Differing entries that near-ties explain."""
+        return sum(v.entries for v in self.verdicts if v.explained)
+
+
+def teacher_forced(reference: dict[str, torch.Tensor], spec: RunSpec, *, session=None, tolerance: Tolerance | None = None,
+                   limit: int | None = 20, progress: bool = False) -> list[LayerConformance]:  # fmt: skip
+    """Prune with ``spec`` block by block through the pipeline (``runs.pipeline.prune_model``); at
+    every linear layer compare our zero pattern with ``reference[name]`` (``load_e2e``), judge each
+    differing row (``explain_rows``; ``limit`` unexplained rows per layer are searched), then write
+    the dense weight under the reference's zero pattern into the layer, so the next block's
+    statistics come from the inputs the reference pipeline saw. Wanda, with DSnoT or not."""
+    from .lm import data
+    from .runs.pipeline import PhaseTimer, prune_model
+    from .runs.runner import ModelSession
+
+    if spec.method != "wanda" or spec.nm is not None or spec.refiner not in (None, "dsnot"):
+        raise ValueError("teacher forcing judges unstructured Wanda masks, with or without DSnoT; fix: use such a spec")
+    session = session or ModelSession()
+    timer = PhaseTimer()
+    loaded = session.model_for(spec, timer)
+    calibration = session.calibration(spec, data.resolve_data_dir(spec.data_dir))
+    layers: list[LayerConformance] = []
+
+    def teach(name: str, layer: torch.nn.Linear, dense: torch.Tensor, stats: ChannelStats) -> None:
+        if name not in reference:
+            raise ValueError(f"layer {name} is not in the reference; fix: compare a model of the same architecture")
+        ours, theirs = (layer.weight.data == 0).cpu(), reference[name].cpu()
+        if ours.shape != theirs.shape:
+            raise ValueError(f"layer {name} is {tuple(ours.shape)} here, {tuple(theirs.shape)} in the reference")
+        verdicts = []
+        if not torch.equal(ours, theirs):
+            weight = dense.float().cpu()
+            start = initial_mask(weight, stats, spec.method, spec.sparsity)
+            config = spec.dsnot_config if spec.dsnot_config and spec.dsnot_config.applies_to(name) else None
+            verdicts = explain_rows(weight, stats, start, ours, theirs, config, tolerance or Tolerance(), limit)
+        layers.append(LayerConformance(name, int((ours != theirs).sum()), verdicts))
+        layer.weight.data = dense.masked_fill(theirs.to(dense.device), 0)
+
+    prune_model(loaded, calibration, spec, timer=timer, progress=progress, teacher=teach)
+    return layers

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 
@@ -157,9 +157,14 @@ def prune_model(
     spec: RunSpec,
     timer: PhaseTimer | None = None,
     progress: bool = True,
+    teacher: Callable[[str, nn.Linear, torch.Tensor, ChannelStats], None] | None = None,
 ) -> list[LayerRecord]:
     """Prune the decoder blocks of ``loaded`` in order (the first ``spec.blocks`` only, when set);
-    returns one record per linear layer. ``calibration_ids`` is (nsamples, seqlen)."""
+    returns one record per linear layer. ``calibration_ids`` is (nsamples, seqlen).
+
+    ``teacher(name, layer, dense_weight, stats)``, called after each layer is pruned, may write
+    another pruned weight into the layer, which the next block's inputs then come from (teacher
+    forcing: ``reference.teacher_forced`` feeds the authors' masks forward)."""
     timer = timer or PhaseTimer()
     if spec.method == "dense":
         return []
@@ -178,7 +183,10 @@ def prune_model(
             stats = collect_stats(block, linears, inputs.for_block(index), hessian=spec.needs_gram)
         with torch.no_grad():
             for name, layer in linears.items():
+                dense = layer.weight.data.clone() if teacher else None
                 record = prune_layer(layer, f"{loaded.blocks_path}.{index}.{name}", stats[name], spec)
+                if teacher:
+                    teacher(f"{loaded.blocks_path}.{index}.{name}", layer, dense, stats[name])
                 timer.seconds["prune"] += record.seconds
                 timer.seconds["refine"] += record.refine_seconds
                 timer.seconds["refit"] += record.refit_seconds
