@@ -8,17 +8,22 @@
 
 Every option has the name of the setting it sets (``--var-floor`` is ``RunSpec.dsnot.var_floor``).
 Bad input ends with one line ``error: <problem>; fix: <fix>`` on stderr and exit code 2 before
-any model is loaded or any file written.
+any model is loaded or any file written: values, task names (lm-eval's registry), the model folder
+(config, weights, tokenizer), the data files (every JSON line, documents long enough for the
+windows) and every output location (a file is created and removed there). A write that fails
+later (a full disk) ends with one such line and exit code 1, earlier files untouched.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import sys
 from pathlib import Path
 
 EXIT_USAGE = 2
+EXIT_FAULT = 1  # the machine failed us (a full disk), not the input
 CRITERIA = ("eq2", "eq3", "wanda", "magnitude")  # core.dsnot.GROW_CRITERIA, without importing torch
 DSNOT_KNOBS = {"T": "--T", "eps": "--eps", "grow": "--grow", "prune": "--prune", "var_power": "--var-power",
                "var_floor": "--var-floor", "sign_check": "--sign-check", "T_width": "--T-width"}  # fmt: skip
@@ -185,8 +190,9 @@ def _exact_config(args, refiner: str | None):
 
 
 def _preflight(args, spec) -> Path:
-    """Checks that need no model: output locations, data, GPU, optional packages. Returns the output path."""
+    """Checks that load no model: output locations, the model folder, data, GPU, task names. Returns the output path."""
     from dsnot_lite.lm import data
+    from dsnot_lite.lm.models import check_model
     from dsnot_lite.runs.io import check_writable
 
     output = Path(args.output) if args.output else Path("results") / f"{spec.name()}.json"
@@ -196,8 +202,9 @@ def _preflight(args, spec) -> Path:
     if args.save_model:
         if Path(args.save_model).exists():
             raise UsageError(f"--save-model {args.save_model!r} already exists; fix: choose a new folder")
-        check_writable(Path(args.save_model), "--save-model")
-    data.resolve_data_dir(spec.data_dir)
+        check_writable(Path(args.save_model), "--save-model", folder=True)
+    check_model(spec.model)
+    data.check_data(spec.data_dir, spec.seqlen)
     if spec.device.startswith("cuda"):
         import torch
 
@@ -238,24 +245,45 @@ def cmd_run(args) -> int:
 
 
 def cmd_study(args) -> int:
-    from dsnot_lite.study import refinement
+    from dsnot_lite.lm import data
+    from dsnot_lite.lm.models import check_model
+    from dsnot_lite.runs import workspace
+    from dsnot_lite.runs.io import check_writable
+    from dsnot_lite.study import design, refinement
 
+    if not args.list:
+        check_writable(Path(args.out) if args.out else workspace.study_dir(args.model), "--out", folder=True)
+    if not (args.list or args.report_only):
+        check_model(args.model)
+        data.check_data(args.data_dir, design.base_spec(args.model, args.data_dir).seqlen)
     return refinement.main(args)
 
 
 def cmd_demo(args) -> int:
-    from dsnot_lite.study.demo import demo
+    from dsnot_lite.lm import data
+    from dsnot_lite.lm.models import check_model
+    from dsnot_lite.runs import workspace
+    from dsnot_lite.runs.io import check_writable
+    from dsnot_lite.study.demo import QUICK, demo
 
+    fix = f"set ${workspace.ENV_VAR} to a folder you can write to"
+    check_writable(workspace.results_dir("demo"), "the demo's results folder", folder=True, fix=fix)
+    check_model(QUICK.model)
+    data.check_data(QUICK.data_dir, QUICK.seqlen)
     print(demo(progress=not args.no_progress))
     return 0
 
 
 def cmd_figures(args) -> int:
     from dsnot_lite.runs import workspace
+    from dsnot_lite.runs.io import check_writable
     from dsnot_lite.study import paper_figures
 
     table = args.table or workspace.study_dir() / "results.csv"
-    paths = paper_figures.write_all(table, args.out or workspace.figures_dir())
+    out = args.out or workspace.figures_dir()
+    check_writable(out, "--out", folder=True)
+    paper_figures.load_table(table)  # a missing or unreadable table fails here, before anything is drawn
+    paths = paper_figures.write_all(table, out)
     for p in paths:
         print(p)
     return 0
@@ -269,12 +297,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _quiet_loading_bars() -> None:
+    """``--no-progress`` also silences the Hugging Face bars (``Loading weights``, downloads)."""
+    os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"  # read when transformers is imported
+    if "transformers" in sys.modules:  # already imported (a caller in the same process)
+        sys.modules["transformers"].utils.logging.disable_progress_bar()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     try:
         args, extra = parser.parse_known_args(argv)
         if extra:
             raise UsageError(f"unrecognized arguments: {' '.join(extra)}; fix: see `python -m dsnot_lite {args.command} --help`")
+        if getattr(args, "no_progress", False):
+            _quiet_loading_bars()
         return args.func(args)
     except UsageError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -282,6 +319,13 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError, FileExistsError, PermissionError, ImportError) as exc:
         print(f"error: {exc}", file=sys.stderr)  # bad input found by the library, before any long work
         return EXIT_USAGE
+    except OSError as exc:
+        from dsnot_lite.runs.io import WriteError
+
+        if not isinstance(exc, WriteError):
+            raise
+        print(f"error: {exc}", file=sys.stderr)  # a write failed (e.g. no space left): what was written before stays
+        return EXIT_FAULT
 
 
 if __name__ == "__main__":

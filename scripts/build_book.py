@@ -25,7 +25,6 @@ import argparse
 import importlib.util
 import json
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -47,13 +46,15 @@ def _runner():
 
 
 def check_out_dir(out: Path) -> str | None:
-    """``None`` when ``out`` can be created and written (a temporary file is made and removed), else why not."""
+    """``None`` when ``out`` can be created and written, else why not: ``runs.io.check_writable``, the
+    check of every output of the command line (a temporary file is made and removed there, and a
+    folder made for the test is removed again)."""
+    from dsnot_lite.runs.io import check_writable
+
     try:
-        out.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=out, prefix=".write-check-"):
-            pass
-    except OSError as exc:
-        return f"cannot write the book into {out} ({exc.strerror or exc})"
+        check_writable(out, "--out", folder=True)
+    except (PermissionError, ValueError) as exc:
+        return str(exc).split("; fix:")[0]
     return None
 
 

@@ -29,6 +29,8 @@ from pathlib import Path
 
 import torch
 
+from dsnot_lite.lm import tempfiles
+
 
 @dataclass(frozen=True)
 class Bundled:
@@ -122,7 +124,8 @@ def convert_bundled(name: str, cache: Path | None = None) -> Path:
     if (target / "config.json").is_file():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=target.parent))
+    tempfiles.remove_stale(target)  # a conversion killed half-way
+    tmp = Path(tempfile.mkdtemp(prefix=tempfiles.prefix(target), dir=target.parent))
     try:
         gguf = assemble(name, tmp)
         quantized = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)

@@ -60,6 +60,42 @@ def resolve_data_dir(data_dir: str | os.PathLike | None = None) -> Path | None:
     return None
 
 
+def check_data(data_dir: str | os.PathLike | None, seqlen: int) -> Path | None:
+    """Fail fast, before any model is loaded, when the local data cannot serve a run: a line of a
+    JSONL file that is not a JSON object with a ``text`` string, or calibration documents all too
+    short for ``seqlen``-token windows (a document of B UTF-8 bytes has at most B + 2 tokens under
+    byte-level tokenizers, BOS and EOS counted; the exact count is checked again once the tokenizer
+    is loaded). Returns the data folder (None: the hub)."""
+    folder = resolve_data_dir(data_dir)
+    if folder is None:
+        return None
+    longest = 0
+    for name in (*WIKITEXT_FILES.values(), C4_FILE):
+        for text in _checked_lines(folder / name):
+            if name == C4_FILE:
+                longest = max(longest, len(text.encode("utf-8")))
+    if longest + 2 <= seqlen:
+        raise ValueError(f"seqlen {seqlen} is longer than any calibration document in {folder / C4_FILE} (the longest has "
+                         f"{longest} bytes, so at most {longest + 2} tokens); fix: use --seqlen below {longest}")  # fmt: skip
+    return folder
+
+
+def _checked_lines(path: Path):
+    """The ``text`` of every line of a JSONL file, or a ValueError naming the first bad line."""
+    import json
+
+    with open(path, "rb") as fh:
+        for number, line in enumerate(fh, 1):
+            try:
+                row = json.loads(line.decode("utf-8"))
+                if not isinstance(row, dict) or not isinstance(row.get("text"), str):
+                    raise ValueError("no 'text' string")
+            except (ValueError, UnicodeDecodeError) as exc:
+                raise ValueError(f"{path} line {number} is not a JSON object with a 'text' string ({exc}); "
+                                 f"fix: repair or remove that line, or point --data-dir at an intact copy of ../shared/data") from None  # fmt: skip
+            yield row["text"]
+
+
 def _load_texts(data_dir: Path | None, local_file: str, hub_args: tuple, hub_kwargs: dict) -> list[str]:
     import datasets
 

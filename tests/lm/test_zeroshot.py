@@ -63,4 +63,31 @@ def test_missing_lm_eval_names_the_extra(monkeypatch):
 
     monkeypatch.setattr(builtins, "__import__", no_lm_eval)
     with pytest.raises(ImportError, match=r"pip install 'dsnot-lite\[eval\]'"):
+        zeroshot.zero_shot(None, ["wikitext2_lastword"])
+    real_find = importlib.util.find_spec  # the up-front check only looks the package up
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "lm_eval" else real_find(name, *a))
+    with pytest.raises(ImportError, match=r"pip install 'dsnot-lite\[eval\]'"):
         zeroshot.check_tasks(["wikitext2_lastword"])
+
+
+def test_task_names_read_from_the_yaml_files():
+    """Top-level task/group names, tag strings and lists (quoted keys too), a group's task list; not nested keys."""
+    text = '"task": "alpha"\ntag:\n  - beta\n  - gamma\ngroup: delta\ntask:\n  - eps # a comment\nmetric_list:\n  - metric: acc\n'
+    assert zeroshot._names_in(text) == {"alpha", "beta", "gamma", "delta", "eps"}
+    assert zeroshot._names_in("tag: [one, 'two']\n  task: nested\n") == {"one", "two"}
+    names = zeroshot.task_names()  # scanned once per lm-eval version, then read from the cache
+    assert {"piqa", "arc_easy", "mmlu", "wikitext2_lastword"} <= names and "arc_easyy" not in names
+    from dsnot_lite.lm.bundled import cache_root
+
+    assert list(cache_root().glob("lm_eval-*-task-names.json"))
+    with pytest.raises(ValueError, match=r"unknown zero-shot task 'arc_easyy' \(did you mean 'arc_easy'\?\).*fix:"):
+        zeroshot.check_tasks(["wikitext2_lastword", "arc_easyy"])
+
+
+@pytest.mark.slow
+def test_task_names_hold_every_name_of_lm_evals_registry():
+    """The quick scan misses no name that lm-eval's own TaskManager registers (it builds in minutes here)."""
+    from lm_eval.tasks import TaskManager
+
+    registry = set(TaskManager(include_path=str(zeroshot.TASKS_DIR)).all_tasks)
+    assert registry - zeroshot.task_names() == set()
