@@ -20,7 +20,9 @@ row exactly once some near-tie decisions go the other way; otherwise it is a rea
   sample), which bounds every sum that makes ``E[Delta_r]`` (the grow/prune end is chosen by the
   sign of ``E[Delta_r]``, which is beyond epsilon whenever a row runs, so it is no near-tie while
   epsilon exceeds that tolerance). A flip is made on the row's own copy of the statistics (two
-  keys swapped by changing the variance or the squared norm of their two channels) or of epsilon.
+  keys swapped by changing the variance or the squared norm of their two channels; two equal keys,
+  which our stable sort and another sort may order either way, by moving one of them 1e-6) or of
+  epsilon.
 """
 
 from __future__ import annotations
@@ -257,8 +259,18 @@ def _swap_keys(state, name, a, b, key, base, power, t, tol: Tolerance) -> list[_
     kind = "grow" if name == "var" else "prune"
     vec[a] = (float(base[a]) / kb) ** (1 / power) if name == "var" else (kb / abs(float(base[a]))) ** 2
     vec[b] = (float(base[b]) / ka) ** (1 / power) if name == "var" else (ka / abs(float(base[b]))) ** 2
-    vectors[name] = vec
-    return [_with(state, vectors=vectors, tie=Tie(kind, t, gap))]
+    # An exact tie: exchanging equal keys changes nothing and the stable sort keeps a first, while
+    # another sort may not; so move b's key a hair (1e-6, far inside the tolerance) either way.
+    factors = (1.0,) if ka != kb else (1 - 1e-6, 1 + 1e-6)
+    return [_with(state, vectors={**vectors, name: _scaled(vec, b, f)}, tie=Tie(kind, t, gap)) for f in factors]
+
+
+def _scaled(vec: torch.Tensor, i: int, factor: float) -> torch.Tensor:
+    if factor == 1.0:
+        return vec
+    out = vec.clone()
+    out[i] = vec[i] * factor
+    return out
 
 
 def _stable_order(key: torch.Tensor, members: torch.Tensor) -> list[int]:

@@ -99,3 +99,58 @@ def test_wanda_rows_differ_only_at_their_threshold():
     assert not explain_rows(weight, stats, ours, ours, theirs, None, Tolerance(score=gap * 0.99))[0].explained
     theirs[1, int(ours[1].nonzero()[0])] = False  # one weight fewer pruned: never a tie
     assert "prunes" in explain_rows(weight, stats, ours, ours, theirs, None, Tolerance(score=1.0))[1].reason
+
+
+def _tie_channels(weight, stats, row: int, p: int, q: int):
+    """The layer with channel ``q`` reading exactly as channel ``p`` (statistics, and the weight in ``row``)."""
+    vectors = {name: value.clone() if torch.is_tensor(value) else value for name, value in stats.as_dict().items()}
+    for name in ("sum_metric_row", "var", "scaler_row"):
+        vectors[name][q] = vectors[name][p]
+    weight = weight.clone()
+    weight[row, q] = weight[row, p]
+    return weight, vectors
+
+
+def _tie_broken_the_other_way(weight, stats, config):
+    """(weight, statistics, start, our mask, their mask, row) where one row's two tied channels went the
+    other way in their pipeline, or None."""
+    first = dsnot(weight, stats, initial_mask(weight, stats, "wanda", 0.5), config, trace=True)
+    for row in range(weight.shape[0]):
+        if int(first.swaps[row]) == 0:
+            continue
+        # p: the row's last pruned weight; q, kept to the end, made its exact copy: both give the
+        # error the same change, so the row stops after whichever of the two its sort takes first
+        p = int(first.trace.pruned[int(first.swaps[row]) - 1, row])
+        contribution = weight[row] * stats.sum_metric_row
+        same_sign = (~first.mask[row]) & (torch.sign(contribution) == torch.sign(contribution[p]))
+        same_sign[p] = False
+        for q in same_sign.nonzero().flatten()[:8].tolist():
+            tied_weight, vectors = _tie_channels(weight, stats, row, p, q)
+            tied = ChannelStats.from_tensors(vectors)
+            start = initial_mask(tied_weight, tied, "wanda", 0.5)
+            ours = dsnot(tied_weight, tied, start, config).mask
+            for factor in (1 - 1e-6, 1 + 1e-6):  # their sort: the same numbers, the tie broken the other way
+                nudged = {**vectors, "scaler_row": vectors["scaler_row"].clone()}
+                nudged["scaler_row"][q] *= factor
+                mine = dsnot(tied_weight[row : row + 1], ChannelStats.from_tensors(nudged), start[row : row + 1], config)
+                if not torch.equal(mine.mask[0], ours[row]):
+                    theirs = ours.clone()
+                    theirs[row] = mine.mask[0]
+                    return tied_weight, tied, start, ours, theirs, row
+    return None
+
+
+def test_an_exact_tie_that_another_sort_breaks_the_other_way_is_a_near_tie():
+    """Two kept weights of a row with identical statistics: our stable sort takes the lower column
+    first, another pipeline's sort may take the other (seen against the authors' masks at
+    model.layers.3.self_attn.k_proj); exchanging equal keys changes nothing, so the search must
+    move one a hair."""
+    weight, stats = _layer(rows=8, seed=3)
+    config = preset("official")
+    found = _tie_broken_the_other_way(weight, stats, config)
+    assert found is not None
+    weight, tied, start, ours, theirs, row = found
+    verdicts = explain_rows(weight, tied, start, ours, theirs, config, Tolerance())
+    assert [v.row for v in verdicts] == [row]
+    assert verdicts[0].explained and [t.gap for t in verdicts[0].ties] == [0.0]
+    assert verdicts[0].ties[0].kind in ("prune", "grow")
