@@ -17,10 +17,14 @@ its weight: its row of the system reads ``lambda e_j = 0``) and is what SparseGP
 (``percdamp`` = 0.01 of the mean diagonal; SparseGPT's Hessian is ``2/n G``, the same up to scale).
 The damped objective is ``E_r(w') + lambda ||w'_S - w_S||^2``.
 
-``refit`` solves every row at once by conjugate gradients on the kept columns, preconditioned by
-the diagonal (as ALPS, Meng et al. 2024, arXiv 2406.07831, solves its masked least squares): each
-iteration is one matrix product ``V G`` of all rows, so the cost is a few dense products per
-layer. CG started from the given weights lowers the damped objective at every iteration; a row
+``refit`` solves every row at once by conjugate gradients on the kept columns (as ALPS, Meng et
+al. 2024, arXiv 2406.07831, solves its masked least squares), preconditioned by the damped inverse
+``(G + lambda I)^-1`` restricted to the kept columns (SPD on them, one Cholesky factor per layer;
+the diagonal if that factor fails): each iteration is two matrix products of all rows with a d x d
+matrix. On 21 SmolLM2-135M layers (Wanda 60% + exact refiner, blocks 2, 14, 27; float32, one
+thread) the diagonal preconditioner stopped at ``TOLERANCE`` 1e-4 took 585 iterations in all and
+4.2 s, 0.06% of the error reduction short of the float64 optimum; this one at 1e-3 takes 202 and
+2.9 s, 0.15% short (the worst layer 0.3%). CG started from the given weights lowers the damped objective at every iteration; a row
 whose true error would still end above its start (possible only through the damping term or
 rounding) keeps its start, so **no row's true error rises**. The mask is never changed: pruned
 weights stay zero, so N:M blocks are kept.
@@ -34,8 +38,9 @@ import torch
 
 from .checks import check_gram, check_mask, check_weight
 
+SOLVER = "cg, (G + lambda I)^-1 preconditioner, tolerance 1e-3"  # stored with every re-fitted run (its key)
 PERCDAMP = 0.01  # SparseGPT's damping: this fraction of the mean diagonal of G
-TOLERANCE = 1e-4  # stop a row when its residual is this fraction of its right-hand side
+TOLERANCE = 1e-3  # stop once an iteration gains less than this fraction of all gained (see _masked_cg)
 MAX_ITERATIONS = 100
 
 
@@ -85,7 +90,9 @@ def refit(
     damping = percdamp * float(g.diagonal().mean())
     if damping <= 0:  # no input ever fired: every weight change leaves the output as it is
         return RefitResult(w0.to(weight.dtype), initial, initial.clone(), 0, 0)
-    e, iterations = _masked_cg(g, damping, keep, (w * (1 - keep)) @ g * keep, (w0 - w) * keep, tolerance, max_iterations)
+    precondition = _preconditioner(g, damping, keep)
+    e, iterations = _masked_cg(g, damping, keep, (w * (1 - keep)) @ g * keep, (w0 - w) * keep, precondition, tolerance,
+                               max_iterations)  # fmt: skip
     fitted = (w + e) * keep
     final = _row_errors(fitted - w, g)
     worse = final > initial
@@ -93,16 +100,27 @@ def refit(
     return RefitResult(fitted.to(weight.dtype), initial, final, iterations, int(worse.sum()))
 
 
-def _masked_cg(g, damping, keep, rhs, e, tolerance, max_iterations) -> tuple[torch.Tensor, int]:
+def _preconditioner(g: torch.Tensor, damping: float, keep: torch.Tensor):
+    """``r -> (r (G + lambda I)^-1) * keep``: for each row the kept block of the damped inverse, a
+    principal block of an SPD matrix, so SPD on the row's kept columns; the diagonal ``r * keep /
+    (diag G + lambda)`` if the Cholesky factor fails (a Gram matrix too ill-conditioned in float32)."""
+    factor, info = torch.linalg.cholesky_ex(g + damping * torch.eye(g.shape[0], dtype=g.dtype, device=g.device))
+    inverse = torch.cholesky_inverse(factor) if int(info) == 0 else None
+    if inverse is None or not bool(torch.isfinite(inverse).all()):
+        inverse_diag = keep / (g.diagonal() + damping)
+        return lambda r: r * inverse_diag
+    return lambda r: (r @ inverse) * keep
+
+
+def _masked_cg(g, damping, keep, rhs, e, precondition, tolerance, max_iterations) -> tuple[torch.Tensor, int]:
     """Solve ``(e G) * keep + damping e = rhs`` for every row ``e`` supported on ``keep``, by
-    Jacobi-preconditioned conjugate gradients from ``e``; returns the solution and the iterations.
+    preconditioned conjugate gradients from ``e``; returns the solution and the iterations.
 
     Each iteration lowers the damped objective of every row by ``alpha r.z``; the search stops once
     an iteration lowers the layer's total by less than ``tolerance`` of what all iterations did.
     """
-    inverse_diag = keep / (g.diagonal() + damping)
     residual = rhs - ((e @ g) * keep + damping * e)
-    z = residual * inverse_diag
+    z = precondition(residual)
     direction = z
     rz = (residual * z).sum(1)
     gained = 0.0
@@ -116,7 +134,7 @@ def _masked_cg(g, damping, keep, rhs, e, tolerance, max_iterations) -> tuple[tor
         if step <= tolerance * gained:
             return e, iteration + 1
         residual = residual - alpha.unsqueeze(1) * q
-        z = residual * inverse_diag
+        z = precondition(residual)
         rz_next = (residual * z).sum(1)
         beta = torch.where(rz > 0, rz_next / rz, torch.zeros_like(rz)).unsqueeze(1)
         direction = z + beta * direction

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 from dsnot_lite.core.dsnot import DSnoTConfig, preset, preset_overrides
 from dsnot_lite.core.exact import ExactConfig
+from dsnot_lite.core.refit import SOLVER as REFIT_SOLVER
 
 METHODS = ("dense", "magnitude", "wanda", "sparsegpt")
 REFINERS = ("dsnot", "exact", "dsnot+exact")  # "dsnot+exact": DSnoT, then the exact refiner on its mask
@@ -24,7 +25,7 @@ DTYPES = ("float32", "float16", "bfloat16")
 # Settings that change speed or where output goes, never the result: left out of the cache key.
 SPEED_ONLY = ("eval_batch_size", "data_dir")
 # Settings added after runs were stored, with the value that leaves those runs' keys unchanged.
-KEY_NEUTRAL: dict[str, object] = {"refit": False}
+KEY_NEUTRAL: dict[str, object] = {"refit": False, "refit_solver": None}
 _UNSET = object()
 
 
@@ -114,6 +115,7 @@ class RunSpec:
         fields["preset"] = self.preset if self.dsnot_config else None
         fields["weight_update"] = self.full_sparsegpt
         fields["sparsity"] = 0.0 if self.method == "dense" else self.sparsity
+        fields["refit_solver"] = REFIT_SOLVER if self.refit else None  # a new solver gives new keys: runs are redone
         return fields
 
     def name(self) -> str:

@@ -11,6 +11,7 @@ import torch
 from _tiny import VOCAB, tiny_loaded
 
 from dsnot_lite.cli import build_parser, run_spec
+from dsnot_lite.core.refit import SOLVER as REFIT_SOLVER
 from dsnot_lite.lm.models import find_linears
 from dsnot_lite.runs.pipeline import prune_model
 from dsnot_lite.runs.spec import RunSpec
@@ -33,9 +34,15 @@ def test_one_name_in_spec_run_name_label_key_and_command_line():
     assert RunSpec(method="sparsegpt", sparsity=0.7, refit=True).name() == "smollm2-135m-sparsegpt-refit-s70"
     plain = RunSpec(method="wanda", sparsity=0.6)
     assert plain.replace(refit=True).key() != plain.key()
-    # runs stored before the re-fit existed keep their key: refit=False is left out of it
-    fields = {k: v for k, v in plain.result_fields().items() if k != "refit"}
+    # runs stored before the re-fit existed keep their key: refit=False (and no solver) is left out of it
+    fields = {k: v for k, v in plain.result_fields().items() if k not in ("refit", "refit_solver")}
     assert plain.key() == hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    # a re-fitted run's key names the solver, so runs of an earlier solver are redone, not mixed in
+    refitted = spec.result_fields()
+    assert refitted["refit_solver"] == REFIT_SOLVER
+    other = {**refitted, "refit_solver": "another solver"}
+    assert spec.key() != hashlib.sha256(json.dumps(other, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    assert spec.key() == hashlib.sha256(json.dumps(refitted, sort_keys=True, default=str).encode()).hexdigest()[:16]
     args = build_parser().parse_args(["run", "--method", "wanda", "--sparsity", "0.6", "--refiner", "exact", "--refit"])
     assert run_spec(args) == spec.replace(exact=run_spec(args).exact)
     with pytest.raises(ValueError, match="method is dense"):
