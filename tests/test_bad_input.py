@@ -156,6 +156,7 @@ def test_bad_input_fails_before_work(case, argv, env, pattern, fixtures, tmp_pat
     code = _book_main(args[1:]) if args[0] == "book" else main(args)
     seconds = time.perf_counter() - start
     err = capsys.readouterr().err
+    print(f"bad input {case}: exit {code} after {seconds:.3f} s")  # shown by pytest -rP: the time to each error
     lines = err.strip().splitlines()
     assert code == 2, err
     assert len(lines) == 1 and lines[0].startswith("error: ") and "; fix: " in lines[0] and "Traceback" not in err, err

@@ -85,14 +85,18 @@ def refit(
     device = weight.device
     w, g = weight.to(dtype), gram.to(device=device, dtype=dtype)
     keep = (~mask.to(device)).to(dtype)
-    w0 = w * keep if start is None else start.to(device=device, dtype=dtype) * keep
-    initial = _row_errors(w0 - w, g)
+    removed = w * (1 - keep)  # dW: the pruned weights
+    moved = removed @ g  # (G dW)^T, the right-hand side before masking
+    if start is None:  # from the masked weights: w0 - w = -dW, so E_r = dW G dW^T needs no other product
+        w0, e0, initial = w * keep, None, (removed * moved).sum(1)
+    else:
+        w0 = start.to(device=device, dtype=dtype) * keep
+        e0, initial = (w0 - w) * keep, _row_errors(w0 - w, g)
     damping = percdamp * float(g.diagonal().mean())
     if damping <= 0:  # no input ever fired: every weight change leaves the output as it is
         return RefitResult(w0.to(weight.dtype), initial, initial.clone(), 0, 0)
     precondition = _preconditioner(g, damping, keep)
-    e, iterations = _masked_cg(g, damping, keep, (w * (1 - keep)) @ g * keep, (w0 - w) * keep, precondition, tolerance,
-                               max_iterations)  # fmt: skip
+    e, iterations = _masked_cg(g, damping, keep, moved * keep, e0, precondition, tolerance, max_iterations)
     fitted = (w + e) * keep
     final = _row_errors(fitted - w, g)
     worse = final > initial
@@ -114,12 +118,15 @@ def _preconditioner(g: torch.Tensor, damping: float, keep: torch.Tensor):
 
 def _masked_cg(g, damping, keep, rhs, e, precondition, tolerance, max_iterations) -> tuple[torch.Tensor, int]:
     """Solve ``(e G) * keep + damping e = rhs`` for every row ``e`` supported on ``keep``, by
-    preconditioned conjugate gradients from ``e``; returns the solution and the iterations.
+    preconditioned conjugate gradients from ``e`` (None: from 0); returns the solution and the iterations.
 
     Each iteration lowers the damped objective of every row by ``alpha r.z``; the search stops once
     an iteration lowers the layer's total by less than ``tolerance`` of what all iterations did.
     """
-    residual = rhs - ((e @ g) * keep + damping * e)
+    if e is None:
+        e, residual = torch.zeros_like(rhs), rhs.clone()
+    else:
+        residual = rhs - ((e @ g) * keep + damping * e)
     z = precondition(residual)
     direction = z
     rz = (residual * z).sum(1)
