@@ -24,10 +24,10 @@ the diagonal if that factor fails): each iteration is two matrix products of all
 matrix. On 21 SmolLM2-135M layers (Wanda 60% + exact refiner, blocks 2, 14, 27; float32, one
 thread) the diagonal preconditioner stopped at ``TOLERANCE`` 1e-4 took 585 iterations in all and
 4.2 s, 0.06% of the error reduction short of the float64 optimum; this one at 1e-3 takes 202 and
-2.9 s, 0.15% short (the worst layer 0.3%). CG started from the given weights lowers the damped objective at every iteration; a row
-whose true error would still end above its start (possible only through the damping term or
-rounding) keeps its start, so **no row's true error rises**. The mask is never changed: pruned
-weights stay zero, so N:M blocks are kept.
+2.9 s, 0.15% short (the worst layer 0.3%). CG started from the given weights lowers the damped
+objective at every iteration; a row whose true error would still end above its start (possible only
+through the damping term or rounding) keeps its start, so **no row's true error rises**. The mask
+is never changed: pruned weights stay zero, so N:M blocks are kept.
 """
 
 from __future__ import annotations
