@@ -27,6 +27,11 @@ def weights(loaded) -> dict[str, torch.Tensor]:
     }
 
 
+def _key_of(fields: dict) -> str:
+    """A run key computed here, apart from ``RunSpec.key``: the hash of the settings that enter it."""
+    return hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
 def test_one_name_in_spec_run_name_label_key_and_command_line():
     spec = RunSpec(method="wanda", sparsity=0.6, refiner="exact", refit=True)
     assert spec.name() == "smollm2-135m-wanda-exact-refit-s60" and spec.label() == "wanda + exact + refit"
@@ -36,13 +41,13 @@ def test_one_name_in_spec_run_name_label_key_and_command_line():
     assert plain.replace(refit=True).key() != plain.key()
     # runs stored before the re-fit existed keep their key: refit=False (and no solver) is left out of it
     fields = {k: v for k, v in plain.result_fields().items() if k not in ("refit", "refit_solver")}
-    assert plain.key() == hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    assert plain.key() == _key_of(fields)
     # a re-fitted run's key names the solver, so runs of an earlier solver are redone, not mixed in
     refitted = spec.result_fields()
     assert refitted["refit_solver"] == REFIT_SOLVER
     other = {**refitted, "refit_solver": "another solver"}
-    assert spec.key() != hashlib.sha256(json.dumps(other, sort_keys=True, default=str).encode()).hexdigest()[:16]
-    assert spec.key() == hashlib.sha256(json.dumps(refitted, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    assert spec.key() != _key_of(other)
+    assert spec.key() == _key_of(refitted)
     args = build_parser().parse_args(["run", "--method", "wanda", "--sparsity", "0.6", "--refiner", "exact", "--refit"])
     assert run_spec(args) == spec.replace(exact=run_spec(args).exact)
     with pytest.raises(ValueError, match="method is dense"):
