@@ -52,8 +52,8 @@ GRID_VARIANTS = ("none", "official", "tuned", "exact")
 STAGES = ("tune", "headline", "grid", "criteria", "floor", "zeroshot", "refit")
 ZERO_SHOT_TASKS, ZERO_SHOT_DOCS = ("wikitext2_lastword",), 300
 # The refit stage: no-training pipelines of this library (a mask, then the least-squares re-fit of its
-# kept weights) against full SparseGPT, by level and calibration seed, computed in this order (the
-# levels the goal needs first, seed 0 first), on the first REFIT_WINDOWS test windows; some levels
+# kept weights) against full SparseGPT, by level and calibration seed, computed in this order (seed 0
+# at every level first, the levels the goal needs first), on the first REFIT_WINDOWS test windows; some levels
 # also on the full test set, after all of those.
 REFIT_PIPELINES: dict[str, dict] = {
     "sparsegpt (full)": {"method": "sparsegpt"},

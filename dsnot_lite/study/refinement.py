@@ -147,14 +147,14 @@ class Study:
                 "wanda + exact": variant(head, "exact")}  # fmt: skip
 
     def refit_specs(self) -> dict[str, RunSpec]:
-        """``"<pipeline> | <level> | seed <s>"`` on the first 64 test windows, level by level in the
-        order of ``REFIT_LEVELS``, then ``"... | full test set"`` for ``REFIT_FULL_TEST``; and dense."""
+        """``"<pipeline> | <level> | seed <s>"`` on the first 64 test windows, seed by seed, each over
+        the levels of ``REFIT_LEVELS`` in order, then ``"... | full test set"`` for ``REFIT_FULL_TEST``; and dense."""
         specs: dict[str, RunSpec] = {}
         seeds = REFIT_SEEDS.get(self.model, SEEDS)
         for windows, levels, suffix in ((REFIT_WINDOWS, REFIT_LEVELS.get(self.model, ()), ""),
                                         (None, REFIT_FULL_TEST.get(self.model, ()), " | full test set")):  # fmt: skip
-            for level in levels:
-                for seed in seeds:
+            for seed in seeds:  # seed 0 at every level first: each level's goal check comes soonest
+                for level in levels:
                     for label, changes in REFIT_PIPELINES.items():
                         spec = self.base.replace(max_windows=windows, seed=seed, **level_changes(level), **changes)
                         specs[f"{label} | {level} | seed {seed}{suffix}"] = spec
