@@ -34,6 +34,8 @@ def test_runs_come_in_the_order_the_goal_needs_and_match_the_other_stages(tmp_pa
                           "sparsegpt mask + exact + refit | 0.6 | seed 0"]  # fmt: skip
     levels = list(dict.fromkeys(label.split(" | ")[1] for label in labels if " | " in label and "full" not in label))
     assert levels == ["0.6", "0.7", "2:4", "0.5", "0.8"]
+    seeds = [label.split(" | ")[2] for label in labels if label.count(" | ") == 2]  # the 64-window runs
+    assert seeds == sorted(seeds) and seeds[: 4 * len(levels)] == ["seed 0"] * 4 * len(levels)  # seed 0 at every level first
     assert labels.index("dense") < labels.index("sparsegpt (full) | 0.6 | seed 0 | full test set")
     assert {s.seed for s in specs.values() if s.method != "dense"} == {0, 1, 2}
     assert {s.max_windows for s in specs.values()} == {64, None}
