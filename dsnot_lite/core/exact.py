@@ -39,6 +39,7 @@ STOP_REASONS = ("running", "converged", "T_reached", "no_candidates")
 RUNNING, CONVERGED, T_REACHED, NO_CANDIDATES = range(len(STOP_REASONS))
 RELATIVE_TOLERANCE = 1e-5  # a swap must lower E_r by more than this fraction of the row's initial E_r
 _MIN_CHUNK_BYTES = 32 * 2**20
+KERNELS = ("auto", "torch", "numba")  # how the search runs: see exact_refine
 
 
 @dataclass(frozen=True)
@@ -84,9 +85,15 @@ def exact_refine(
     *,
     chunk_rows: int | None = None,
     trace: bool = False,
+    kernel: str = "auto",
 ) -> ExactResult:
     """Refine ``mask`` (True = pruned) of ``weight`` by exact-error 1-swaps; ``gram`` is ``X^T X``
-    (any positive multiple, e.g. SparseGPT's Hessian, gives the same swaps)."""
+    (any positive multiple, e.g. SparseGPT's Hessian, gives the same swaps).
+
+    ``kernel``: ``"auto"`` runs unstructured search on the CPU by the compiled kernel
+    (``exact_kernel``: the same swaps, several times faster) and the rest (N:M, CUDA, or
+    ``chunk_rows`` given) by torch operators in chunks of ``chunk_rows`` rows; ``"torch"`` always
+    by those, ``"numba"`` always by the kernel."""
     cfg = config or ExactConfig()
     check_weight(weight)
     check_mask(mask, weight)
@@ -95,6 +102,7 @@ def exact_refine(
     check_gram(gram, cols)
     if chunk_rows is not None and chunk_rows < 1:
         raise ValueError(f"chunk_rows must be >= 1, got {chunk_rows}")
+    compiled = _use_kernel(kernel, weight.device, nm, chunk_rows)
     device = weight.device
     g = gram.to(device=device, dtype=torch.float32)
     w = weight.to(torch.float32)
@@ -102,14 +110,17 @@ def exact_refine(
     swaps = torch.zeros(rows, dtype=torch.long, device=device)
     stop = torch.full((rows,), RUNNING, dtype=torch.long, device=device)
     initial = torch.zeros(rows, dtype=torch.float32, device=device)
-    chunk = chunk_rows or _rows_per_chunk(weight, cfg, nm)
-    blocks = _diagonal_blocks(g, nm[1]) if nm else None
     history = torch.zeros(cfg.T + 1, rows, dtype=torch.float32) if trace else None
-    for start in range(0, rows, chunk):
-        part = slice(start, min(start + chunk, rows))
-        initial[part], swaps[part], stop[part] = _refine_rows(
-            w[part], g, pruned[part], cfg, nm, blocks, None if history is None else history[:, part]
-        )
+    if compiled:
+        initial, swaps, stop = _refine_rows_compiled(w, g, pruned, cfg, history)
+    else:
+        chunk = chunk_rows or _rows_per_chunk(weight, cfg, nm)
+        blocks = _diagonal_blocks(g, nm[1]) if nm else None
+        for start in range(0, rows, chunk):
+            part = slice(start, min(start + chunk, rows))
+            initial[part], swaps[part], stop[part] = _refine_rows(
+                w[part], g, pruned[part], cfg, nm, blocks, None if history is None else history[:, part]
+            )
     final = squared_errors(w, pruned, g)
     result = ExactResult(
         mask=pruned, swaps=swaps, stop_reason=stop, initial_error=initial, final_error=final,
@@ -120,10 +131,38 @@ def exact_refine(
     return result
 
 
+def _use_kernel(kernel: str, device: torch.device, nm: NM | None, chunk_rows: int | None) -> bool:
+    """Whether the compiled kernel runs (see ``exact_refine``'s ``kernel``)."""
+    if kernel not in KERNELS:
+        raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}; fix: keep the default 'auto'")
+    fits = device.type == "cpu" and nm is None and chunk_rows is None
+    if kernel == "numba" and not fits:
+        raise ValueError("the compiled kernel runs unstructured search on the CPU, in one piece; "
+                         "fix: kernel='auto' or 'torch' (for N:M, CUDA or chunk_rows)")  # fmt: skip
+    return kernel == "numba" or (kernel == "auto" and fits)
+
+
 def squared_errors(w: torch.Tensor, pruned: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
     """Per row ``E_r = dW_r G dW_r^T`` (in the dtype of ``w`` and ``g``)."""
     removed = torch.where(pruned, w, torch.zeros((), dtype=w.dtype, device=w.device))
     return ((removed @ g) * removed).sum(1)
+
+
+def _refine_rows_compiled(w, g, pruned, cfg: ExactConfig, history) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``_refine_rows`` for unstructured search on the CPU, by the compiled kernel (``exact_kernel``):
+    the same float32 operations row by row, so the same swaps (checked in ``tests/core/test_exact_kernel.py``)."""
+    from .exact_kernel import refine_rows_cpu  # numba: imported (and its cache loaded) on first use
+
+    removed = torch.where(pruned, w, torch.zeros((), dtype=w.dtype))
+    u = removed @ g
+    initial = (removed * u).sum(1)
+    del removed
+    error = initial.clone()
+    if history is not None:
+        history[0] = initial
+    k = w.shape[1] if cfg.shortlist is None else min(cfg.shortlist, w.shape[1])
+    swaps, stop = refine_rows_cpu(w, g, pruned, u, RELATIVE_TOLERANCE * initial.abs(), error, cfg.T, k, history)
+    return initial, swaps, stop
 
 
 def _refine_rows(w, g, pruned, cfg: ExactConfig, nm, blocks, history) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

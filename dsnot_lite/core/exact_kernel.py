@@ -1,0 +1,115 @@
+"""The exact refiner's unstructured search, compiled for the CPU (numba): the same swaps, fewer passes.
+
+``exact._refine_rows`` runs Algorithm "best 1-swap" on all rows at once with torch operators: per
+step about a dozen passes over the rows (gains, costs, two ``topk``, gathers, the ``u`` update).
+Rows are independent, so this kernel runs each row to its end on its own: per step one pass that
+scores every column and keeps the ``k`` best grow gains and prune costs (insertion into two short
+sorted lists), ``k x k`` pairs, and one pass that updates ``u``. Every quantity is computed with the
+same float32 operations in the same order as the torch path, so it returns the same swaps; only
+exact ties (equal scores at the edge of a shortlist, equal pair deltas) could resolve otherwise,
+and ``tests/core/test_exact_kernel.py`` checks the masks against the torch path.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+import torch
+
+_INF = np.float32(np.inf)
+
+
+@numba.njit(cache=True, nogil=True, fastmath={"contract"})
+def _fused_update(u, g_row, scale):
+    """``u += g_row * scale`` with one rounding per entry (a fused multiply-add), as torch's CPU
+    ``addcmul_`` computes it; ``contract`` is the only fast-math flag, and only here."""
+    for j in range(u.shape[0]):
+        u[j] = u[j] + g_row[j] * scale
+
+
+@numba.njit(cache=True, nogil=True)
+def _insert(values, index, count, value, col, k):
+    """Insert ``value`` (column ``col``) into the ascending list ``values[:count]`` (at most ``k``
+    long; equal values keep their order, earlier columns first); returns the new count."""
+    if count == k and not value < values[k - 1]:
+        return count
+    at = count if count < k else k - 1
+    while at > 0 and value < values[at - 1]:
+        if at < k:
+            values[at], index[at] = values[at - 1], index[at - 1]
+        at -= 1
+    values[at], index[at] = value, col
+    return count + 1 if count < k else k
+
+
+@numba.njit(cache=True, nogil=True)
+def _shortlist(scores, values, index, k):
+    """The ``k`` smallest finite ``scores`` in ascending order (ties: earlier column first) into
+    ``values`` / ``index``; returns how many there are (fewer than ``k`` if fewer are finite)."""
+    count, bar = 0, _INF  # bar: the value to beat (+inf until the list is full); one predictable test
+    for j in range(scores.shape[0]):
+        if scores[j] < bar:
+            count = _insert(values, index, count, scores[j], j, k)
+            if count == k:
+                bar = values[k - 1]
+    return count
+
+
+@numba.njit(cache=True, parallel=True)
+def refine_rows(w, g, pruned, u, tolerance, error, T, k, swaps, stop, history):
+    """Greedy best 1-swaps for every row of ``w`` (float32, C-contiguous): ``pruned``, ``u``,
+    ``error``, ``swaps``, ``stop`` (codes of ``exact.STOP_REASONS``) and, when it has T + 1 rows,
+    ``history`` (each row's E_r after every iteration) are updated in place."""
+    rows, cols = w.shape
+    two = np.float32(2.0)
+    record = history.shape[0] == T + 1
+    for r in numba.prange(rows):
+        self_term = np.empty(cols, np.float32)
+        for j in range(cols):
+            self_term[j] = w[r, j] * w[r, j] * g[j, j]
+        grow_score, prune_score = np.empty(cols, np.float32), np.empty(cols, np.float32)
+        gain, grow = np.empty(k, np.float32), np.empty(k, np.int64)
+        cost, prune = np.empty(k, np.float32), np.empty(k, np.int64)
+        code = 2  # T_reached unless a step ends the row
+        for step in range(T):
+            for j in range(cols):  # one branch-free pass (vectorised): both scores, +inf where not a candidate
+                twice_wu = (two * w[r, j]) * u[r, j]
+                grow_score[j] = self_term[j] - twice_wu if pruned[r, j] else _INF
+                prune_score[j] = _INF if pruned[r, j] else twice_wu + self_term[j]
+            ng = _shortlist(grow_score, gain, grow, k)
+            npr = _shortlist(prune_score, cost, prune, k)
+            best, bg, bp = _INF, -1, -1
+            for a in range(ng):
+                for b in range(npr):
+                    cross = g[grow[a], prune[b]] * (w[r, grow[a]] * w[r, prune[b]])
+                    delta = (gain[a] + cost[b]) - two * cross
+                    if delta < best:
+                        best, bg, bp = delta, grow[a], prune[b]
+            if not best < -tolerance[r]:
+                code = 1 if best < _INF else 3  # converged, or no candidates
+                break
+            _fused_update(u[r], g[bp], w[r, bp])  # u += G[:, p] W_rp, as torch's addcmul_ (one rounding)
+            _fused_update(u[r], g[bg], -w[r, bg])  # u -= G[:, g] W_rg
+            pruned[r, bg], pruned[r, bp] = False, True
+            error[r] = error[r] + best
+            swaps[r] += 1
+            if record:
+                history[step + 1, r] = error[r]
+        stop[r] = code
+        if record:
+            for t in range(swaps[r] + 1, T + 1):
+                history[t, r] = error[r]
+
+
+def refine_rows_cpu(w: torch.Tensor, g: torch.Tensor, pruned: torch.Tensor, u: torch.Tensor, tolerance: torch.Tensor,
+                    error: torch.Tensor, T: int, k: int, history: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    """Run the kernel on CPU float32 tensors (``pruned``, ``u``, ``error`` and ``history`` in place);
+    returns (swaps, stop codes). Uses as many threads as torch does."""
+    rows = w.shape[0]
+    swaps = np.zeros(rows, np.int64)
+    stop = np.zeros(rows, np.int64)
+    hist = history.numpy() if history is not None else np.zeros((0, rows), np.float32)
+    numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
+    refine_rows(w.contiguous().numpy(), g.contiguous().numpy(), pruned.numpy(), u.numpy(), tolerance.numpy(),
+                error.numpy(), T, k, swaps, stop, hist)  # fmt: skip
+    return torch.from_numpy(swaps), torch.from_numpy(stop)

@@ -1,0 +1,78 @@
+"""The compiled kernel of the exact refiner (``core/exact_kernel.py``) against the torch path: the
+same masks, swaps, stop reasons, errors and traces, bit for bit, on the cases the refiner meets."""
+
+import pytest
+import torch
+
+from dsnot_lite.core.exact import ExactConfig, exact_refine
+
+
+def _layer(rows, cols, seed, sparsity=0.6, shift=0.0):
+    gen = torch.Generator().manual_seed(seed)
+    weight = torch.randn(rows, cols, generator=gen)
+    x = torch.randn(4 * cols, cols, generator=gen) + shift * torch.rand(cols, generator=gen)  # some channels offset
+    gram = x.T @ x
+    score = weight.abs() * gram.diagonal().sqrt()
+    mask = score <= score.kthvalue(int(sparsity * cols), dim=1, keepdim=True).values  # per-row Wanda-like mask
+    return weight, gram, mask
+
+
+def _same(a, b):
+    assert torch.equal(a.mask, b.mask)
+    assert torch.equal(a.swaps, b.swaps)
+    assert torch.equal(a.stop_reason, b.stop_reason)
+    assert torch.equal(a.initial_error, b.initial_error) and torch.equal(a.final_error, b.final_error)
+    if a.trace is not None or b.trace is not None:
+        assert torch.equal(a.trace, b.trace)
+
+
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("shortlist", [8, 3, None])
+def test_the_kernel_makes_the_torch_paths_swaps(seed, shortlist):
+    weight, gram, mask = _layer(48, 64, seed, shift=2.0 * seed)
+    cfg = ExactConfig(T=30, shortlist=shortlist)
+    torch_path = exact_refine(weight, gram, mask, cfg, kernel="torch", trace=True)
+    kernel = exact_refine(weight, gram, mask, cfg, kernel="numba", trace=True)
+    assert torch_path.flips > 0  # the case exercises swaps
+    _same(torch_path, kernel)
+
+
+@pytest.mark.parametrize("T", [0, 1, 50])
+def test_edge_cases_stop_alike(T):
+    weight, gram, mask = _layer(16, 32, 7)
+    mask[0] = False  # nothing to grow: no candidates
+    mask[1] = True  # nothing to prune
+    for cfg in (ExactConfig(T=T), ExactConfig(T=T, shortlist=1)):
+        _same(exact_refine(weight, gram, mask, cfg, kernel="torch"), exact_refine(weight, gram, mask, cfg, kernel="numba"))
+
+
+def test_exact_ties_may_pick_another_column_of_the_same_value():
+    """Row 2's zero weights that the mask keeps all have prune cost 0, equal to the last bit.
+    torch's ``topk`` orders equal values as its selection algorithm leaves them (unspecified); the
+    kernel keeps the earliest column. Both choices have the same delta, so after the swap the
+    row's error is the same to the last bit, and every other row is identical."""
+    weight, gram, mask = _layer(16, 32, 7)
+    weight[2, :8] = 0.0
+    zeros_kept = [j for j in range(8) if not mask[2, j]]
+    assert len(zeros_kept) >= 2  # a tie to break
+    cfg = ExactConfig(T=1, shortlist=1)
+    a, b = exact_refine(weight, gram, mask, cfg, kernel="torch"), exact_refine(weight, gram, mask, cfg, kernel="numba")
+    others = torch.arange(16) != 2
+    assert torch.equal(a.mask[others], b.mask[others]) and torch.equal(a.swaps, b.swaps)
+    assert torch.equal(a.final_error, b.final_error)
+    pruned = lambda r: (~mask[2] & r.mask[2]).nonzero().flatten().tolist()
+    assert pruned(b) == zeros_kept[:1] and set(pruned(a)) <= set(zeros_kept)  # a zero weight either way
+
+
+def test_auto_uses_the_kernel_on_the_cpu_and_float64_input_is_searched_in_float32():
+    weight, gram, mask = _layer(32, 40, 3)
+    auto = exact_refine(weight.double(), gram.double(), mask, kernel="auto")
+    _same(exact_refine(weight, gram, mask, kernel="torch"), auto)
+
+
+def test_bad_kernel_names_and_uses_are_refused():
+    weight, gram, mask = _layer(8, 16, 0)
+    with pytest.raises(ValueError, match="kernel must be one of"):
+        exact_refine(weight, gram, mask, kernel="fast")
+    with pytest.raises(ValueError, match="unstructured search on the CPU"):
+        exact_refine(weight, gram, mask, nm=(2, 4), kernel="numba")
