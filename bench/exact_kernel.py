@@ -27,7 +27,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from dsnot_lite.core.exact import exact_refine  # noqa: E402
+from dsnot_lite.core.exact import ExactConfig, exact_refine  # noqa: E402
 from dsnot_lite.runs.io import atomic_write_text, write_json  # noqa: E402
 
 LAYERS = ROOT / "results" / "bench" / "exact-layers"
@@ -43,6 +43,7 @@ def compare(folder: Path) -> dict:
     exact_refine(first["weight"], first["gram"], first["mask"], first["config"], kernel="numba")  # compile / load cache
     wall = {k: defaultdict(float) for k in KERNELS}
     cpu = {k: defaultdict(float) for k in KERNELS}
+    names: list[str] = []  # layers whose masks differ between the two
     differ = {"kernel vs torch: masks": 0, "kernel vs torch: swaps": 0, "kernel vs torch: final errors": 0,
               "torch vs stored: masks": 0, "kernel vs stored: masks": 0}  # fmt: skip
     for i, path in enumerate(files):
@@ -57,13 +58,45 @@ def compare(folder: Path) -> dict:
             cpu[kernel][TYPES[i % 7]] += time.process_time() - start_cpu
         a, b = results["torch"], results["numba"]
         differ["kernel vs torch: masks"] += not torch.equal(a.mask, b.mask)
+        if not torch.equal(a.mask, b.mask):
+            for row in (a.mask != b.mask).any(1).nonzero().flatten().tolist():
+                names.append({"layer": f"{path.stem} ({TYPES[i % 7]}, block {i // 7})", "row": row, **diagnose(layer, row)})
         differ["kernel vs torch: swaps"] += not torch.equal(a.swaps, b.swaps)
         differ["kernel vs torch: final errors"] += not torch.equal(a.final_error, b.final_error)
         differ["torch vs stored: masks"] += not torch.equal(a.mask, layer["refined"])
         differ["kernel vs stored: masks"] += not torch.equal(b.mask, layer["refined"])
     return {"layers": len(files), "wall_by_type": {k: dict(v) for k, v in wall.items()},
             "cpu_by_type": {k: dict(v) for k, v in cpu.items()}, "wall": {k: sum(v.values()) for k, v in wall.items()},
-            "cpu": {k: sum(v.values()) for k, v in cpu.items()}, "layers_that_differ": differ}  # fmt: skip
+            "cpu": {k: sum(v.values()) for k, v in cpu.items()}, "layers_that_differ": differ, "masks_differ": names}  # fmt: skip
+
+
+def diagnose(layer: dict, row: int) -> dict:
+    """Where one row's swaps part: the first step at which the two paths' traces differ, the swap
+    each made there (float64 deltas from the common state), and the ranks of the swapped columns
+    among the grow gains and prune costs with the gap between the shortlist's last and the next."""
+    w, g, mask, cfg = layer["weight"], layer["gram"], layer["mask"], layer["config"]
+    trace = {k: exact_refine(w, g, mask, cfg, kernel=k, trace=True).trace[:, row] for k in KERNELS}
+    steps = min(len(trace["torch"]), len(trace["numba"]))
+    step = int((trace["torch"][:steps] != trace["numba"][:steps]).nonzero()[0])
+    before = {k: exact_refine(w, g, mask, ExactConfig(T=step - 1, shortlist=cfg.shortlist), kernel=k).mask[row] for k in KERNELS}
+    after = {k: exact_refine(w, g, mask, ExactConfig(T=step, shortlist=cfg.shortlist), kernel=k).mask[row] for k in KERNELS}
+    state, wr, gd = before["torch"], w[row].double(), g.double()
+    removed = torch.where(state, wr, torch.zeros((), dtype=torch.float64))
+    u, self_term, inf = gd @ removed, wr * wr * gd.diagonal(), torch.tensor(float("inf"), dtype=torch.float64)
+    scores = {"grow": torch.where(state, self_term - 2 * wr * u, inf), "prune": torch.where(state, inf, self_term + 2 * wr * u)}
+    out = {"step": step, "same state before": bool(torch.equal(before["torch"], before["numba"]))}
+    for k in KERNELS:
+        grow = int((state & ~after[k]).nonzero()[0])
+        prune = int((~state & after[k]).nonzero()[0])
+        new = after[k] & (wr != 0)
+        delta = float(torch.where(new, wr, 0.0) @ gd @ torch.where(new, wr, 0.0) - removed @ u)
+        ranks = {side: int((scores[side].argsort() == col).nonzero()) + 1 for side, col in (("grow", grow), ("prune", prune))}
+        out[k] = {"grow": grow, "prune": prune, "delta": delta, "ranks": ranks}
+    k = cfg.shortlist
+    for side, values in scores.items():
+        ordered = values.sort().values
+        out[f"{side} gap at the shortlist edge"] = float((ordered[k] - ordered[k - 1]).abs() / ordered[k - 1].abs())
+    return out
 
 
 def markdown(result: dict, command: str) -> str:
@@ -80,6 +113,20 @@ def markdown(result: dict, command: str) -> str:
               f"CPU seconds: torch {cpu['torch']:.1f}, kernel {cpu['numba']:.1f} ({cpu['torch'] / cpu['numba']:.1f}x).", "",
               "Layers that differ (of " + str(result["layers"]) + "):", ""]  # fmt: skip
     lines += [f"- {what}: {n}" for what, n in result["layers_that_differ"].items()]
+    lines += ["", "Rows whose masks differ, where they part (the first step whose error differs; each path's swap "
+              "there, its float64 delta from the common state, and the ranks of its columns among the row's grow "
+              "gains and prune costs; the relative gap between the shortlist's last score and the next):", "",
+              "| layer | row | step | torch: grow, prune (ranks), delta | kernel: grow, prune (ranks), delta | gap at the edge: grow, prune |",
+              "|---|---|---|---|---|---|"]  # fmt: skip
+    for d in result["masks_differ"]:
+        cells = [
+            f"{d[k]['grow']}, {d[k]['prune']} ({d[k]['ranks']['grow']}, {d[k]['ranks']['prune']}), {d[k]['delta']:.4g}"
+            for k in KERNELS
+        ]
+        lines.append(f"| {d['layer']} | {d['row']} | {d['step']} | {cells[0]} | {cells[1]} | "
+                     f"{d['grow gap at the shortlist edge']:.1e}, {d['prune gap at the shortlist edge']:.1e} |")  # fmt: skip
+    if not result["masks_differ"]:
+        lines.append("| none | | | | | |")
     return "\n".join(lines) + "\n"
 
 

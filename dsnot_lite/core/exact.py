@@ -23,6 +23,8 @@ Unstructured search scores pairs among a shortlist, the ``shortlist`` best grow 
 block. Rows run in chunks whose working tensors stay within about one layer's worth of memory.
 The search runs in float32 and a swap must lower ``E_r`` by more than ``RELATIVE_TOLERANCE`` of
 the row's initial error, far above float32 rounding, so no swap is taken on rounding noise.
+On the CPU, unstructured search runs row by row in a compiled kernel (``exact_kernel``, numba):
+the same float32 operations in the same order, so the same swaps, several times faster.
 
 SparseSwaps (Zimmer et al. 2025, arXiv 2512.10922) studies this refinement at LLM scale.
 """
@@ -112,7 +114,7 @@ def exact_refine(
     initial = torch.zeros(rows, dtype=torch.float32, device=device)
     history = torch.zeros(cfg.T + 1, rows, dtype=torch.float32) if trace else None
     if compiled:
-        initial, swaps, stop = _refine_rows_compiled(w, g, pruned, cfg, history)
+        initial, swaps, stop = _refine_rows_compiled(w, g, pruned, cfg, history, _rows_per_chunk(weight, cfg, nm))
     else:
         chunk = chunk_rows or _rows_per_chunk(weight, cfg, nm)
         blocks = _diagonal_blocks(g, nm[1]) if nm else None
@@ -148,15 +150,19 @@ def squared_errors(w: torch.Tensor, pruned: torch.Tensor, g: torch.Tensor) -> to
     return ((removed @ g) * removed).sum(1)
 
 
-def _refine_rows_compiled(w, g, pruned, cfg: ExactConfig, history) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _refine_rows_compiled(w, g, pruned, cfg: ExactConfig, history, chunk: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``_refine_rows`` for unstructured search on the CPU, by the compiled kernel (``exact_kernel``):
-    the same float32 operations row by row, so the same swaps (checked in ``tests/core/test_exact_kernel.py``)."""
+    the same float32 operations row by row, so the same swaps (``tests/core/test_exact_kernel.py``).
+    ``u = dW G`` is computed in the torch path's chunks of rows: a product's rounding can depend on
+    how many rows it has."""
     from .exact_kernel import refine_rows_cpu  # numba: imported (and its cache loaded) on first use
 
-    removed = torch.where(pruned, w, torch.zeros((), dtype=w.dtype))
-    u = removed @ g
-    initial = (removed * u).sum(1)
-    del removed
+    u, initial = torch.empty_like(w), torch.empty(w.shape[0], dtype=w.dtype)
+    for start in range(0, w.shape[0], chunk):
+        part = slice(start, start + chunk)
+        removed = torch.where(pruned[part], w[part], torch.zeros((), dtype=w.dtype))
+        u[part] = removed @ g
+        initial[part] = (removed * u[part]).sum(1)
     error = initial.clone()
     if history is not None:
         history[0] = initial

@@ -5,9 +5,12 @@ step about a dozen passes over the rows (gains, costs, two ``topk``, gathers, th
 Rows are independent, so this kernel runs each row to its end on its own: per step one pass that
 scores every column and keeps the ``k`` best grow gains and prune costs (insertion into two short
 sorted lists), ``k x k`` pairs, and one pass that updates ``u``. Every quantity is computed with the
-same float32 operations in the same order as the torch path, so it returns the same swaps; only
-exact ties (equal scores at the edge of a shortlist, equal pair deltas) could resolve otherwise,
-and ``tests/core/test_exact_kernel.py`` checks the masks against the torch path.
+same float32 operations in the same order as the torch path (the ``u`` update as a fused
+multiply-add, which is what torch's CPU ``addcmul_`` computes), so it returns the same swaps, swap
+counts, errors and traces. Only exact ties can resolve otherwise: torch's ``topk`` leaves equal
+values in an unspecified order, the kernel keeps the earlier column; both choices have the same
+delta. ``tests/core/test_exact_kernel.py`` checks all of this against the torch path, and
+``bench/exact_kernel.py`` on the 210 layers of a real run.
 """
 
 from __future__ import annotations
@@ -17,6 +20,8 @@ import numpy as np
 import torch
 
 _INF = np.float32(np.inf)
+# numba's own thread pool: its OpenMP layer would reset the thread count torch reads (set_num_threads)
+numba.config.THREADING_LAYER = "workqueue"
 
 
 @numba.njit(cache=True, nogil=True, fastmath={"contract"})
