@@ -76,3 +76,15 @@ def test_bad_kernel_names_and_uses_are_refused():
         exact_refine(weight, gram, mask, kernel="fast")
     with pytest.raises(ValueError, match="unstructured search on the CPU"):
         exact_refine(weight, gram, mask, nm=(2, 4), kernel="numba")
+
+
+def test_the_kernel_leaves_torchs_thread_count_alone():
+    """numba's OpenMP layer would reset the count torch reads; the kernel uses numba's own pool."""
+    weight, gram, mask = _layer(32, 40, 5)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        exact_refine(weight, gram, mask, kernel="numba")
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
