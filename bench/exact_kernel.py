@@ -84,7 +84,11 @@ def diagnose(layer: dict, row: int) -> dict:
     removed = torch.where(state, wr, torch.zeros((), dtype=torch.float64))
     u, self_term, inf = gd @ removed, wr * wr * gd.diagonal(), torch.tensor(float("inf"), dtype=torch.float64)
     scores = {"grow": torch.where(state, self_term - 2 * wr * u, inf), "prune": torch.where(state, inf, self_term + 2 * wr * u)}
-    out = {"step": step, "same state before": bool(torch.equal(before["torch"], before["numba"]))}
+    alone = exact_refine(w[row : row + 1], g, mask[row : row + 1], cfg, kernel="torch").mask[
+        0
+    ]  # the torch path on this row alone
+    out = {"step": step, "same state before": bool(torch.equal(before["torch"], before["numba"])),
+           "torch on the row alone = kernel": bool(torch.equal(alone, exact_refine(w, g, mask, cfg, kernel="numba").mask[row]))}  # fmt: skip
     for k in KERNELS:
         grow = int((state & ~after[k]).nonzero()[0])
         prune = int((~state & after[k]).nonzero()[0])
@@ -116,17 +120,19 @@ def markdown(result: dict, command: str) -> str:
     lines += ["", "Rows whose masks differ, where they part (the first step whose error differs; each path's swap "
               "there, its float64 delta from the common state, and the ranks of its columns among the row's grow "
               "gains and prune costs; the relative gap between the shortlist's last score and the next):", "",
-              "| layer | row | step | torch: grow, prune (ranks), delta | kernel: grow, prune (ranks), delta | gap at the edge: grow, prune |",
-              "|---|---|---|---|---|---|"]  # fmt: skip
+              "| layer | row | step | torch: grow, prune (ranks), delta | kernel: grow, prune (ranks), delta "
+              "| gap at the edge: grow, prune | torch on the row alone = kernel |",
+              "|---|---|---|---|---|---|---|"]  # fmt: skip
     for d in result["masks_differ"]:
         cells = [
             f"{d[k]['grow']}, {d[k]['prune']} ({d[k]['ranks']['grow']}, {d[k]['ranks']['prune']}), {d[k]['delta']:.4g}"
             for k in KERNELS
         ]
         lines.append(f"| {d['layer']} | {d['row']} | {d['step']} | {cells[0]} | {cells[1]} | "
-                     f"{d['grow gap at the shortlist edge']:.1e}, {d['prune gap at the shortlist edge']:.1e} |")  # fmt: skip
+                     f"{d['grow gap at the shortlist edge']:.1e}, {d['prune gap at the shortlist edge']:.1e} | "
+                     f"{d['torch on the row alone = kernel']} |")  # fmt: skip
     if not result["masks_differ"]:
-        lines.append("| none | | | | | |")
+        lines.append("| none | | | | | | |")
     return "\n".join(lines) + "\n"
 
 
