@@ -52,6 +52,7 @@ from dsnot_lite.study.design import (
     REFIT_FULL_TEST,
     REFIT_LEVELS,
     REFIT_PIPELINES,
+    REFIT_RUN_ORDER,
     REFIT_SEEDS,
     REFIT_WINDOWS,
     SEEDS,
@@ -155,7 +156,8 @@ class Study:
                                         (None, REFIT_FULL_TEST.get(self.model, ()), " | full test set")):  # fmt: skip
             for seed in seeds:  # seed 0 at every level first: each level's goal check comes soonest
                 for level in levels:
-                    for label, changes in REFIT_PIPELINES.items():
+                    for label in REFIT_RUN_ORDER:
+                        changes = REFIT_PIPELINES[label]
                         spec = self.base.replace(max_windows=windows, seed=seed, **level_changes(level), **changes)
                         specs[f"{label} | {level} | seed {seed}{suffix}"] = spec
             if levels:
