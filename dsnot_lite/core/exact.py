@@ -113,10 +113,10 @@ def exact_refine(
     stop = torch.full((rows,), RUNNING, dtype=torch.long, device=device)
     initial = torch.zeros(rows, dtype=torch.float32, device=device)
     history = torch.zeros(cfg.T + 1, rows, dtype=torch.float32) if trace else None
+    chunk = chunk_rows or _rows_per_chunk(weight, cfg, nm)
     if compiled:
-        initial, swaps, stop = _refine_rows_compiled(w, g, pruned, cfg, history, _rows_per_chunk(weight, cfg, nm))
+        initial, swaps, stop = _refine_rows_compiled(w, g, pruned, cfg, history, chunk)
     else:
-        chunk = chunk_rows or _rows_per_chunk(weight, cfg, nm)
         blocks = _diagonal_blocks(g, nm[1]) if nm else None
         for start in range(0, rows, chunk):
             part = slice(start, min(start + chunk, rows))
@@ -150,6 +150,13 @@ def squared_errors(w: torch.Tensor, pruned: torch.Tensor, g: torch.Tensor) -> to
     return ((removed @ g) * removed).sum(1)
 
 
+def _start(w: torch.Tensor, pruned: torch.Tensor, g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``u = dW G`` for the rows of ``w`` and their initial ``E_r = sum_{k in P} W_rk u_k``."""
+    removed = torch.where(pruned, w, torch.zeros((), dtype=w.dtype, device=w.device))
+    u = removed @ g
+    return u, (removed * u).sum(1)
+
+
 def _refine_rows_compiled(w, g, pruned, cfg: ExactConfig, history, chunk: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``_refine_rows`` for unstructured search on the CPU, by the compiled kernel (``exact_kernel``):
     the same float32 operations row by row, so the same swaps (``tests/core/test_exact_kernel.py``).
@@ -160,13 +167,11 @@ def _refine_rows_compiled(w, g, pruned, cfg: ExactConfig, history, chunk: int) -
     u, initial = torch.empty_like(w), torch.empty(w.shape[0], dtype=w.dtype)
     for start in range(0, w.shape[0], chunk):
         part = slice(start, start + chunk)
-        removed = torch.where(pruned[part], w[part], torch.zeros((), dtype=w.dtype))
-        u[part] = removed @ g
-        initial[part] = (removed * u[part]).sum(1)
+        u[part], initial[part] = _start(w[part], pruned[part], g)
     error = initial.clone()
     if history is not None:
         history[0] = initial
-    k = w.shape[1] if cfg.shortlist is None else min(cfg.shortlist, w.shape[1])
+    k = _shortlist_size(cfg.shortlist, w.shape[1])
     swaps, stop = refine_rows_cpu(w, g, pruned, u, RELATIVE_TOLERANCE * initial.abs(), error, cfg.T, k, history)
     return initial, swaps, stop
 
@@ -179,10 +184,7 @@ def _refine_rows(w, g, pruned, cfg: ExactConfig, nm, blocks, history) -> tuple[t
     a quarter of the set has stopped, then the set is compacted (fewer gathers than every step).
     """
     rows = w.shape[0]
-    removed = torch.where(pruned, w, torch.zeros((), dtype=w.dtype, device=w.device))
-    u = removed @ g
-    initial = (removed * u).sum(1)
-    del removed
+    u, initial = _start(w, pruned, g)
     error, swaps = initial.clone(), torch.zeros(rows, dtype=torch.long, device=w.device)
     stop = torch.full((rows,), RUNNING, dtype=torch.long, device=w.device)
     if history is not None:
@@ -241,7 +243,7 @@ def _swap(pruned, grow_base, prune_base, self_term, grow, prune, on) -> None:
 
 def _best_pair(w, grow_gain, prune_cost, g, shortlist: int | None):
     """Per row, the most negative ``delta`` among the shortlisted pairs: (delta, grow col, prune col)."""
-    k = w.shape[1] if shortlist is None else min(shortlist, w.shape[1])
+    k = _shortlist_size(shortlist, w.shape[1])
     gain, grow = torch.topk(grow_gain, k, dim=1, largest=False)
     cost, prune = torch.topk(prune_cost, k, dim=1, largest=False)
     pairs = (grow.unsqueeze(2) * g.shape[1] + prune.unsqueeze(1)).flatten()
@@ -270,13 +272,18 @@ def _diagonal_blocks(g: torch.Tensor, m: int) -> torch.Tensor:
     return g.view(nb, m, nb, m)[idx, :, idx, :]
 
 
+def _shortlist_size(shortlist: int | None, cols: int) -> int:
+    """Candidates per side: ``shortlist``, at most the row's length (None: every column)."""
+    return cols if shortlist is None else min(shortlist, cols)
+
+
 def _rows_per_chunk(weight: torch.Tensor, cfg: ExactConfig, nm: NM | None) -> int:
     """Rows per chunk so the float64 working set stays about the size of the layer."""
     rows, cols = weight.shape
     if nm is not None:
         pair_entries = cols * nm[1] * 2
     else:
-        k = cols if cfg.shortlist is None else min(cfg.shortlist, cols)
+        k = _shortlist_size(cfg.shortlist, cols)
         pair_entries = k * k * 3
     per_row = 8 * (8 * cols + pair_entries)
     budget = max(weight.numel() * 4, _MIN_CHUNK_BYTES)
