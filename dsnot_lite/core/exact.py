@@ -172,7 +172,8 @@ def _refine_rows_compiled(w, g, pruned, cfg: ExactConfig, history, chunk: int) -
     if history is not None:
         history[0] = initial
     k = _shortlist_size(cfg.shortlist, w.shape[1])
-    swaps, stop = refine_rows_cpu(w, g, pruned, u, RELATIVE_TOLERANCE * initial.abs(), error, cfg.T, k, history)
+    tolerance = RELATIVE_TOLERANCE * initial.abs()
+    swaps, stop = refine_rows_cpu(w, g, pruned, u, tolerance, error, cfg.T, k, history, (T_REACHED, CONVERGED, NO_CANDIDATES))
     return initial, swaps, stop
 
 

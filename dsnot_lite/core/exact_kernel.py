@@ -22,8 +22,6 @@ import numba
 import numpy as np
 import torch
 
-from .exact import CONVERGED, NO_CANDIDATES, T_REACHED
-
 _INF = np.float32(np.inf)
 # numba's own thread pool: its OpenMP layer would reset the thread count torch reads (set_num_threads)
 numba.config.THREADING_LAYER = "workqueue"
@@ -66,10 +64,11 @@ def _shortlist(scores, values, index, k):
 
 
 @numba.njit(cache=True, parallel=True)
-def refine_rows(w, g, pruned, u, tolerance, error, T, k, swaps, stop, history):
+def refine_rows(w, g, pruned, u, tolerance, error, T, k, swaps, stop, history, codes):
     """Greedy best 1-swaps for every row of ``w`` (float32, C-contiguous): ``pruned``, ``u``,
-    ``error``, ``swaps``, ``stop`` (codes of ``exact.STOP_REASONS``) and, when it has T + 1 rows,
-    ``history`` (each row's E_r after every iteration) are updated in place."""
+    ``error``, ``swaps``, ``stop`` and, when it has T + 1 rows, ``history`` (each row's E_r after
+    every iteration) are updated in place. ``codes`` are the caller's stop codes for (T reached,
+    converged, no candidates), so this module imports nothing from ``exact``."""
     rows, cols = w.shape
     two = np.float32(2.0)
     record = history.shape[0] == T + 1
@@ -80,7 +79,7 @@ def refine_rows(w, g, pruned, u, tolerance, error, T, k, swaps, stop, history):
         grow_score, prune_score = np.empty(cols, np.float32), np.empty(cols, np.float32)
         gain, grow = np.empty(k, np.float32), np.empty(k, np.int64)
         cost, prune = np.empty(k, np.float32), np.empty(k, np.int64)
-        code = T_REACHED  # unless a step ends the row
+        code = codes[0]  # T reached, unless a step ends the row
         for step in range(T):
             for j in range(cols):  # one branch-free pass (vectorised): both scores, +inf where not a candidate
                 twice_wu = (two * w[r, j]) * u[r, j]
@@ -96,7 +95,7 @@ def refine_rows(w, g, pruned, u, tolerance, error, T, k, swaps, stop, history):
                     if delta < best:
                         best, bg, bp = delta, grow[a], prune[b]
             if not best < -tolerance[r]:
-                code = CONVERGED if best < _INF else NO_CANDIDATES
+                code = codes[1] if best < _INF else codes[2]
                 break
             _fused_update(u[r], g[bp], w[r, bp])  # u += G[:, p] W_rp, as torch's addcmul_ (one rounding)
             _fused_update(u[r], g[bg], -w[r, bg])  # u -= G[:, g] W_rg
@@ -112,14 +111,16 @@ def refine_rows(w, g, pruned, u, tolerance, error, T, k, swaps, stop, history):
 
 
 def refine_rows_cpu(w: torch.Tensor, g: torch.Tensor, pruned: torch.Tensor, u: torch.Tensor, tolerance: torch.Tensor,
-                    error: torch.Tensor, T: int, k: int, history: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+                    error: torch.Tensor, T: int, k: int, history: torch.Tensor | None,
+                    codes: tuple[int, int, int]) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
     """Run the kernel on CPU float32 tensors (``pruned``, ``u``, ``error`` and ``history`` in place);
-    returns (swaps, stop codes). Uses as many threads as torch does."""
+    returns (swaps, stop codes from ``codes``: T reached, converged, no candidates). Uses as many
+    threads as torch does."""
     rows = w.shape[0]
     swaps = np.zeros(rows, np.int64)
     stop = np.zeros(rows, np.int64)
     hist = history.numpy() if history is not None else np.zeros((0, rows), np.float32)
     numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
     refine_rows(w.contiguous().numpy(), g.contiguous().numpy(), pruned.numpy(), u.numpy(), tolerance.numpy(),
-                error.numpy(), T, k, swaps, stop, hist)  # fmt: skip
+                error.numpy(), T, k, swaps, stop, hist, codes)  # fmt: skip
     return torch.from_numpy(swaps), torch.from_numpy(stop)
