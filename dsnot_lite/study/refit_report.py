@@ -68,6 +68,7 @@ def refit_section(results: dict[str, dict], seeds: tuple[int, ...]) -> list[str]
              "2-core machine: compare within a run's row, not across rows finished hours apart); *peak MB*: "
              "the run's peak resident memory (median over seeds).", ""]  # fmt: skip
     lines += _goal(groups, seeds)
+    lines += _objective_check(groups)
     for window_set in (str(REFIT_WINDOWS), FULL):
         levels = [lv for lv in ORDER if any((window_set, lv, p) in groups for p in REFIT_PIPELINES)]
         if not levels:
@@ -122,6 +123,48 @@ def _goal(groups, seeds: tuple[int, ...]) -> list[str]:
         )
         lines.append(f"- {_level_name(level)}: {verdict}; best pipeline {pipeline}: {diff.text(common)} against full SparseGPT")
     return [*lines, ""]
+
+
+def _mean_layer_error(run: dict) -> float | None:
+    """Mean over the run's layers of the final relative output error on the calibration tokens."""
+    errors = [rec.get("error_final") for rec in run.get("layers") or []]
+    return statistics.fmean(errors) if errors and None not in errors else None
+
+
+def _objective_check(groups) -> list[str]:
+    """Seed 0, first 64 windows: does the layer-wise objective rank the pipelines as perplexity does?
+    Per level, each pipeline's mean relative layer error (what the pruners, refiners and re-fit
+    minimise, on the calibration tokens) next to its perplexity; then every pipeline whose order
+    against full SparseGPT differs between the two."""
+    window_set, rows, disagree = str(REFIT_WINDOWS), [], []
+    for level in ORDER:
+        runs = {p: groups.get((window_set, level, p), {}).get(0) for p in REFIT_PIPELINES}
+        measured = {p: (_mean_layer_error(r), r["ppl"]) for p, r in runs.items() if r and _mean_layer_error(r) is not None}
+        if REFERENCE not in measured or len(measured) < 2:
+            continue
+        rows.append(f"| {_level_name(level)} | " + " | ".join(
+            f"{measured[p][0]:.4f} / {_ppl(measured[p][1])}" if p in measured else "–" for p in REFIT_PIPELINES) + " |")  # fmt: skip
+        ref_error, ref_ppl = measured[REFERENCE]
+        for p in NO_TRAINING:
+            if p in measured and (measured[p][0] < ref_error) != (measured[p][1] < ref_ppl):
+                lower = "lower" if measured[p][0] < ref_error else "higher"
+                disagree.append(
+                    f"{_level_name(level)}, {p} ({lower} error, {'higher' if lower == 'lower' else 'lower'} perplexity)"
+                )
+    if not rows:
+        return []
+    lines = ["**Does the layer objective predict perplexity?** Seed 0, first 64 windows: each run's mean relative "
+             "output error over its layers, ||ΔW X|| / ||W X|| on the calibration tokens (what the pruners, refiners "
+             "and the re-fit lower, layer by layer), then its perplexity. Each run measures a layer on its own "
+             "inputs, which earlier pruned blocks have changed: a summary, not a controlled comparison.", "",
+             "| level | " + " | ".join(f"{p}: error / ppl" for p in REFIT_PIPELINES) + " |",
+             "|---|" + "---|" * len(REFIT_PIPELINES), *rows, ""]  # fmt: skip
+    if disagree:
+        lines += ["Against full SparseGPT, the mean layer error and the perplexity order these runs differently: "
+                  + "; ".join(disagree) + ".", ""]  # fmt: skip
+    else:
+        lines += ["Against full SparseGPT, the mean layer error and the perplexity order every run shown the same way.", ""]
+    return lines
 
 
 def refit_figure(results: dict[str, dict], model: str):

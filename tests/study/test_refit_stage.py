@@ -9,20 +9,20 @@ from dsnot_lite.study.design import REFIT_PIPELINES, REFIT_RUN_ORDER
 from dsnot_lite.study.refinement import Study
 
 
-def _layers() -> list[dict]:
+def _layers(error: float = 0.1) -> list[dict]:
     names = ("self_attn.q_proj", "mlp.down_proj")
     return [{"name": f"model.layers.{b}.{n}", "shape": [4, 4], "sparsity": 0.6, "refined_by": [], "swaps": 0, "flips": 0,
-             "stop_reasons": {}, "error_initial": 0.3, "error_before_refit": 0.2, "error_final": 0.1,
+             "stop_reasons": {}, "error_initial": 0.3, "error_before_refit": 0.2, "error_final": error,
              "mean_share_initial": 0.1, "mean_share_final": 0.1} for b in range(2) for n in names]  # fmt: skip
 
 
-def _store(study: Study, spec, nll: list[float]) -> None:
+def _store(study: Study, spec, nll: list[float], error: float = 0.1) -> None:
     """A stored run record for ``spec`` (test data)."""
     import math
 
     record = {"name": spec.name(), "label": spec.label(), "key": spec.key(), **spec.result_fields(),
               "ppl": math.exp(sum(nll) / len(nll)), "windows": len(nll), "total_windows": 10, "window_nll": nll,
-              "seconds": {"statistics": 2.0, "prune": 1.0, "refit": 3.0}, "peak_memory_mb": 900.0, "layers": _layers(),
+              "seconds": {"statistics": 2.0, "prune": 1.0, "refit": 3.0}, "peak_memory_mb": 900.0, "layers": _layers(error),
               "finished_at": "2000-01-01T00:00:00+00:00"}  # fmt: skip
     schema.save_result(record, study.cache.path(spec), study.cache.table)
 
@@ -80,3 +80,21 @@ def test_the_section_says_where_the_goal_is_met_and_where_not(tmp_path):
     assert "| 60% | wanda + exact + refit | 125.84 | 125.84 | 125.84 | 125.84 | -18.1% [-18.1, -18.1]" in readme
     assert "| 6 | 3 | 900 |" in readme  # pruning seconds (statistics + prune + refit), refit seconds, peak memory
     assert "### On the full test set" not in readme  # none stored yet
+
+
+def test_the_section_shows_where_a_lower_layer_error_comes_with_a_higher_perplexity(tmp_path):
+    study = Study(folder=tmp_path / "s")
+    specs = study.specs("refit")
+    # seed 0 at 60%: (mean nll, mean layer error); wanda + refit has the lower error and the higher perplexity
+    runs = {"sparsegpt (full)": (5.0, 0.10), "wanda + refit": (5.2, 0.08), "wanda + exact + refit": (4.8, 0.07)}
+    for pipeline, (nll, error) in runs.items():
+        _store(study, specs[f"{pipeline} | 0.6 | seed 0"], [nll] * 8, error=error)
+    refinement_report.write_report(study, planned=("refit",))
+    readme = (tmp_path / "s" / "README.md").read_text()
+    assert "| 60% | 0.1000 / 148.41 | 0.0800 / 181.27 | 0.0700 / 121.51 | – |" in readme
+    assert "order these runs differently: 60%, wanda + refit (lower error, higher perplexity)." in readme
+    # the same runs without the inversion: the report says so, it does not claim one
+    _store(study, specs["wanda + refit | 0.6 | seed 0"], [5.2] * 8, error=0.12)
+    refinement_report.write_report(study, planned=("refit",))
+    readme = (tmp_path / "s" / "README.md").read_text()
+    assert "order these runs differently" not in readme and "order every run shown the same way" in readme
