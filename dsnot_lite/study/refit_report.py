@@ -125,7 +125,7 @@ def _goal(groups, seeds: tuple[int, ...]) -> list[str]:
     return [*lines, ""]
 
 
-def _mean_layer_error(run: dict) -> float | None:
+def mean_layer_error(run: dict) -> float | None:
     """Mean over the run's layers of the final relative output error on the calibration tokens."""
     errors = [rec.get("error_final") for rec in run.get("layers") or []]
     return statistics.fmean(errors) if errors and None not in errors else None
@@ -139,7 +139,7 @@ def _objective_check(groups) -> list[str]:
     window_set, rows, disagree = str(REFIT_WINDOWS), [], []
     for level in ORDER:
         runs = {p: groups.get((window_set, level, p), {}).get(0) for p in REFIT_PIPELINES}
-        measured = {p: (_mean_layer_error(r), r["ppl"]) for p, r in runs.items() if r and _mean_layer_error(r) is not None}
+        measured = {p: (mean_layer_error(r), r["ppl"]) for p, r in runs.items() if r and mean_layer_error(r) is not None}
         if REFERENCE not in measured or len(measured) < 2:
             continue
         rows.append(f"| {_level_name(level)} | " + " | ".join(
