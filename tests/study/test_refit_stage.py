@@ -41,6 +41,10 @@ def test_runs_come_in_the_order_the_goal_needs_and_match_the_other_stages(tmp_pa
     seeds = [label.split(" | ")[2] for label in labels if label.count(" | ") == 2]  # the 64-window runs
     assert seeds == sorted(seeds) and seeds[: 4 * len(levels)] == ["seed 0"] * 4 * len(levels)  # seed 0 at every level first
     assert labels.index("dense") < labels.index("sparsegpt (full) | 0.6 | seed 0 | full test set")
+    # on the full test set, the goal-check pair at every seed before the other two pipelines
+    full = [label.split(" | ")[:3] for label in labels if label.endswith("full test set") and label.count(" | ") == 3]
+    assert [p for p, _, _ in full[:12]] == ["sparsegpt (full)", "wanda + exact + refit"] * 6
+    assert [s for _, _, s in full[:12:4]] == ["seed 0", "seed 1", "seed 2"] and len(full) == 24
     assert {s.seed for s in specs.values() if s.method != "dense"} == {0, 1, 2}
     assert {s.max_windows for s in specs.values()} == {64, None}
     assert all(s.refit for label, s in specs.items() if "refit" in label.split(" | ")[0])
