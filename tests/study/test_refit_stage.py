@@ -83,7 +83,13 @@ def test_the_section_says_where_the_goal_is_met_and_where_not(tmp_path):
     assert "- 70%: **no**; best pipeline" in readme and "+10.5" in readme  # seed 2 disagrees
     assert "| 60% | wanda + exact + refit | 125.84 | 125.84 | 125.84 | 125.84 | -18.1% [-18.1, -18.1]" in readme
     assert "| 6 | 3 | 900 |" in readme  # pruning seconds (statistics + prune + refit), refit seconds, peak memory
-    assert "### On the full test set" not in readme  # none stored yet
+    assert "### On the full test set" not in readme and "On the full test set:" not in readme  # none stored yet
+    # one seed on the full test set: the verdict waits for the others
+    for pipeline, nll in (("sparsegpt (full)", 5.0), ("wanda + exact + refit", 4.8)):
+        _store(study, specs[f"{pipeline} | 0.6 | seed 0 | full test set"], [nll + 0.01 * w for w in range(8)])
+    refinement_report.write_report(study, planned=("refit",))
+    readme = (tmp_path / "s" / "README.md").read_text()
+    assert "On the full test set:\n\n- 60%: not decided yet (1 of 3 seeds stored); best pipeline wanda + exact + refit" in readme
 
 
 def test_the_section_shows_where_a_lower_layer_error_comes_with_a_higher_perplexity(tmp_path):
