@@ -109,14 +109,14 @@ def exact_refine(
     g = gram.to(device=device, dtype=torch.float32)
     w = weight.to(torch.float32)
     pruned = mask.clone().to(device)
-    swaps = torch.zeros(rows, dtype=torch.long, device=device)
-    stop = torch.full((rows,), RUNNING, dtype=torch.long, device=device)
-    initial = torch.zeros(rows, dtype=torch.float32, device=device)
     history = torch.zeros(cfg.T + 1, rows, dtype=torch.float32) if trace else None
     chunk = chunk_rows or _rows_per_chunk(weight, cfg, nm)
     if compiled:
         initial, swaps, stop = _refine_rows_compiled(w, g, pruned, cfg, history, chunk)
     else:
+        swaps = torch.zeros(rows, dtype=torch.long, device=device)
+        stop = torch.full((rows,), RUNNING, dtype=torch.long, device=device)
+        initial = torch.zeros(rows, dtype=torch.float32, device=device)
         blocks = _diagonal_blocks(g, nm[1]) if nm else None
         for start in range(0, rows, chunk):
             part = slice(start, min(start + chunk, rows))
