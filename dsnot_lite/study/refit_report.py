@@ -114,7 +114,8 @@ def _goal(groups, seeds: tuple[int, ...]) -> list[str]:
 
 
 def _verdicts(groups, seeds: tuple[int, ...], window_set: str) -> list[str]:
-    """One line per level with runs in ``window_set``: the verdict, the best pipeline, its change."""
+    """One line per level with runs in ``window_set``: the verdict, the best pipeline (among those
+    with the most seeds stored), its change."""
     lines = []
     for level in ORDER:
         reference = groups.get((window_set, level, REFERENCE), {})
@@ -122,10 +123,10 @@ def _verdicts(groups, seeds: tuple[int, ...], window_set: str) -> list[str]:
         for pipeline in NO_TRAINING:
             diff, common = _versus(reference, groups.get((window_set, level, pipeline), {}))
             if diff is not None:
-                candidates.append((diff.mean, pipeline, diff, common))
+                candidates.append((-len(common), diff.mean, pipeline, diff, common))  # most seeds, then lowest
         if not candidates:
             continue
-        _, pipeline, diff, common = min(candidates)
+        _, _, pipeline, diff, common = min(candidates)
         complete = len(common) == len(seeds)
         beats = diff.decided and diff.mean < 0
         verdict = (
