@@ -150,7 +150,8 @@ def _objective_check(groups) -> list[str]:
     window_set, rows, disagree = str(REFIT_WINDOWS), [], []
     for level in ORDER:
         runs = {p: groups.get((window_set, level, p), {}).get(0) for p in REFIT_PIPELINES}
-        measured = {p: (mean_layer_error(r), r["ppl"]) for p, r in runs.items() if r and mean_layer_error(r) is not None}
+        errors = {p: mean_layer_error(r) for p, r in runs.items() if r}
+        measured = {p: (errors[p], runs[p]["ppl"]) for p in errors if errors[p] is not None}
         if REFERENCE not in measured or len(measured) < 2:
             continue
         rows.append(f"| {_level_name(level)} | " + " | ".join(
@@ -158,10 +159,8 @@ def _objective_check(groups) -> list[str]:
         ref_error, ref_ppl = measured[REFERENCE]
         for p in NO_TRAINING:
             if p in measured and (measured[p][0] < ref_error) != (measured[p][1] < ref_ppl):
-                lower = "lower" if measured[p][0] < ref_error else "higher"
-                disagree.append(
-                    f"{_level_name(level)}, {p} ({lower} error, {'higher' if lower == 'lower' else 'lower'} perplexity)"
-                )
+                pair = "lower error, higher perplexity" if measured[p][0] < ref_error else "higher error, lower perplexity"
+                disagree.append(f"{_level_name(level)}, {p} ({pair})")
     if not rows:
         return []
     lines = ["**Does the layer objective predict perplexity?** Seed 0, first 64 windows: each run's mean relative "
