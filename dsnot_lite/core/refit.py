@@ -39,6 +39,7 @@ from dataclasses import dataclass
 
 import torch
 
+from . import refit_kernel
 from .checks import check_gram, check_mask, check_weight
 
 SOLVER = "cg, (G + lambda I)^-1 preconditioner, tolerance 1e-3"  # stored with every re-fitted run (its key)
@@ -94,7 +95,11 @@ def refit(
         w0, e0, initial = w * keep, None, (removed * moved).sum(1)
     else:
         w0 = start.to(device=device, dtype=dtype) * keep
-        e0, initial = (w0 - w) * keep, _row_errors(w0 - w, g)
+        e0 = (w0 - w) * keep
+        if bool(e0.any()):
+            initial = _row_errors(w0 - w, g)
+        else:  # the start is the masked weights (w0 - w = -dW): as without a start, two products fewer
+            e0, initial = None, (removed * moved).sum(1)
     damping = percdamp * float(g.diagonal().mean())
     if damping <= 0:  # no input ever fired: every weight change leaves the output as it is
         return RefitResult(w0.to(weight.dtype), initial, initial.clone(), 0, 0)
@@ -108,15 +113,16 @@ def refit(
 
 
 def _preconditioner(g: torch.Tensor, damping: float, keep: torch.Tensor):
-    """``r -> (r (G + lambda I)^-1) * keep``: for each row the kept block of the damped inverse, a
-    principal block of an SPD matrix, so SPD on the row's kept columns; the diagonal ``r * keep /
-    (diag G + lambda)`` if the Cholesky factor fails (a Gram matrix too ill-conditioned in float32)."""
+    """``(r, out) -> r (G + lambda I)^-1`` into ``out``, masked by the caller to the kept columns:
+    for each row the kept block of the damped inverse, a principal block of an SPD matrix, so SPD on
+    the row's kept columns; the diagonal ``r / (diag G + lambda)`` if the Cholesky factor fails (a
+    Gram matrix too ill-conditioned in float32)."""
     factor, info = torch.linalg.cholesky_ex(g + damping * torch.eye(g.shape[0], dtype=g.dtype, device=g.device))
     inverse = torch.cholesky_inverse(factor) if int(info) == 0 else None
     if inverse is None or not bool(torch.isfinite(inverse).all()):
-        inverse_diag = keep / (g.diagonal() + damping)
-        return lambda r: r * inverse_diag
-    return lambda r: torch.mm(r, inverse).mul_(keep)
+        inverse_diag = 1 / (g.diagonal() + damping)
+        return lambda r, out: torch.mul(r, inverse_diag, out=out)
+    return lambda r, out: torch.mm(r, inverse, out=out)
 
 
 def _masked_cg(g, damping, keep, rhs, e, precondition, tolerance, max_iterations) -> tuple[torch.Tensor, int]:
@@ -125,33 +131,50 @@ def _masked_cg(g, damping, keep, rhs, e, precondition, tolerance, max_iterations
 
     Each iteration lowers the damped objective of every row by ``alpha r.z``; the search stops once
     an iteration lowers the layer's total by less than ``tolerance`` of what all iterations did.
-    The direction is supported on ``keep``, so ``(d G) * keep + damping d = (d G + damping d) * keep``:
-    one fused product per iteration, and every vector update is in place.
+    The direction is supported on ``keep``, so ``(d G) * keep + damping d = (d G + damping d) * keep``.
+    Per iteration: the product ``d G``, ``_curvature_step``, the preconditioner's product,
+    ``_direction_step``; on the CPU the two steps run fused (``refit_kernel``), every buffer in place.
     """
+    curvature_step, direction_step = (
+        (refit_kernel.curvature_step, refit_kernel.direction_step) if rhs.device.type == "cpu"
+        else (_curvature_step, _direction_step)
+    )  # fmt: skip
     if e is None:
         e, residual = torch.zeros_like(rhs), rhs.clone()
     else:
         residual = rhs - torch.addmm(e, e, g, beta=damping).mul_(keep)
-    z = precondition(residual)
-    direction = z
-    rz = (residual * z).sum(1)
+    direction, q, z = torch.zeros_like(rhs), torch.empty_like(rhs), torch.empty_like(rhs)
+    rz = torch.zeros(rhs.shape[0], dtype=rhs.dtype, device=rhs.device)  # r.z of the last iteration; 0: beta = 0
+    direction_step(precondition(residual, z), residual, direction, keep, rz)
     gained = 0.0
     for iteration in range(max_iterations):
-        q = torch.addmm(direction, direction, g, beta=damping).mul_(keep)
-        curvature = (direction * q).sum(1)
-        alpha = torch.where(curvature > 0, rz / curvature, torch.zeros_like(rz))
-        e.addcmul_(alpha.unsqueeze(1), direction)
-        step = float((alpha * rz).sum())
+        step = float(curvature_step(torch.mm(direction, g, out=q), direction, e, residual, keep, rz, damping).sum())
         gained += step
         if step <= tolerance * gained:
             return e, iteration + 1
-        residual.addcmul_(alpha.unsqueeze(1), q, value=-1)
-        z = precondition(residual)
-        rz_next = (residual * z).sum(1)
-        beta = torch.where(rz > 0, rz_next / rz, torch.zeros_like(rz)).unsqueeze(1)
-        direction = z.addcmul_(beta, direction)  # z is fresh each iteration
-        rz = rz_next
+        direction_step(precondition(residual, z), residual, direction, keep, rz)
     return e, max_iterations
+
+
+def _curvature_step(q, d, e, r, keep, rz, damping: float) -> torch.Tensor:
+    """With ``q = d G``: ``q <- (q + damping d) * keep``, the step ``alpha = r.z / d.q`` (0 where
+    ``d.q <= 0``), ``e += alpha d``, ``r -= alpha q``; returns each row's gain ``alpha r.z``."""
+    q.add_(d, alpha=damping).mul_(keep)
+    curvature = (d * q).sum(1)
+    alpha = torch.where(curvature > 0, rz / curvature, torch.zeros_like(rz))
+    e.addcmul_(alpha.unsqueeze(1), d)
+    r.addcmul_(alpha.unsqueeze(1), q, value=-1)
+    return alpha * rz
+
+
+def _direction_step(z, r, d, keep, rz) -> None:
+    """With ``z`` the preconditioned residual: ``z <- z * keep``, ``beta = r.z / rz`` (0 where
+    ``rz <= 0``), ``d <- z + beta d``, ``rz <- r.z``."""
+    z.mul_(keep)
+    rz_next = (r * z).sum(1)
+    beta = torch.where(rz > 0, rz_next / rz, torch.zeros_like(rz))
+    d.mul_(beta.unsqueeze(1)).add_(z)
+    rz.copy_(rz_next)
 
 
 def _row_errors(delta: torch.Tensor, g: torch.Tensor) -> torch.Tensor:

@@ -7,6 +7,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import dsnot_lite.core.refit as refit_module
 from dsnot_lite.core.exact import exact_refine
 from dsnot_lite.core.pruners import mask_from_score, sparsegpt_prune
 from dsnot_lite.core.refit import PERCDAMP, refit
@@ -186,3 +187,23 @@ def test_the_diagonal_preconditioner_takes_over_when_the_cholesky_factor_fails(m
     result = refit(weight.double(), gram, mask, tolerance=1e-14)
     assert calls == [(16, 16)]
     torch.testing.assert_close(result.weight, lstsq_refit(weight, x, mask), rtol=1e-7, atol=1e-9)
+
+
+@pytest.mark.parametrize("dtype, weight_tol, error_tol", [(torch.float64, 1e-5, 1e-7), (torch.float32, 1e-3, 1e-5)])
+def test_the_fused_cpu_steps_give_the_torch_steps_up_to_float_order(monkeypatch, dtype, weight_tol, error_tol):
+    """``refit_kernel`` (CPU) against the torch steps every other device runs: the same iterations,
+    and weights and errors equal up to float order. CG's early iterates amplify rounding (here the
+    weights agree to about 6e-7 of the largest in float64 and 3e-5 in float32, each row's error to
+    1e-8 and 1e-6), hence the tolerances."""
+    weight, x = layer(11, rows=48, cols=96, tokens=384)
+    gram = x.t() @ x
+    mask = mask_from_score(weight.abs() * gram.diagonal().sqrt(), 0.6)
+    start = weight.masked_fill(mask, 0)
+    start[::3] *= 0.9  # some rows start elsewhere than at the masked weights
+    fused = refit(weight.to(dtype), gram.to(dtype), mask, start.to(dtype))
+    monkeypatch.setattr(refit_module.refit_kernel, "curvature_step", refit_module._curvature_step)
+    monkeypatch.setattr(refit_module.refit_kernel, "direction_step", refit_module._direction_step)
+    plain = refit(weight.to(dtype), gram.to(dtype), mask, start.to(dtype))
+    assert fused.iterations == plain.iterations > 2 and fused.kept_start == plain.kept_start
+    assert float((fused.weight - plain.weight).abs().max()) <= weight_tol * float(plain.weight.abs().max())
+    assert float(((fused.final_error - plain.final_error) / plain.final_error).abs().max()) <= error_tol
