@@ -27,12 +27,16 @@ def check_weight(weight: torch.Tensor) -> None:
     check_finite("weight", weight)
 
 
-def check_finite(name: str, tensor: torch.Tensor) -> None:
-    """No NaN or inf, which would silently corrupt every ranking.
+def all_finite(tensor: torch.Tensor) -> bool:
+    """No NaN or inf in ``tensor``. A sum is finite exactly when every element is, unless finite
+    values overflow it: so one cheap pass first (a twentieth of ``isfinite(t).all()`` on the CPU),
+    the full test only if it fails."""
+    return bool(torch.isfinite(tensor.sum())) or bool(torch.isfinite(tensor).all())
 
-    A sum is finite exactly when every element is, unless finite values overflow it: so one cheap
-    pass first (a twentieth of ``isfinite(t).all()`` on the CPU), the full test only if it fails."""
-    if bool(torch.isfinite(tensor.sum())) or bool(torch.isfinite(tensor).all()):
+
+def check_finite(name: str, tensor: torch.Tensor) -> None:
+    """No NaN or inf, which would silently corrupt every ranking."""
+    if all_finite(tensor):
         return
     bad = int((~torch.isfinite(tensor)).sum())
     raise ValueError(

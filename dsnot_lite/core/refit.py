@@ -40,7 +40,7 @@ from dataclasses import dataclass
 import torch
 
 from . import refit_kernel
-from .checks import check_gram, check_mask, check_weight
+from .checks import all_finite, check_gram, check_mask, check_weight
 
 SOLVER = "cg, (G + lambda I)^-1 preconditioner, tolerance 1e-3"  # stored with every re-fitted run (its key)
 PERCDAMP = 0.01  # SparseGPT's damping: this fraction of the mean diagonal of G
@@ -119,7 +119,7 @@ def _preconditioner(g: torch.Tensor, damping: float, keep: torch.Tensor):
     Gram matrix too ill-conditioned in float32)."""
     factor, info = torch.linalg.cholesky_ex(g + damping * torch.eye(g.shape[0], dtype=g.dtype, device=g.device))
     inverse = torch.cholesky_inverse(factor) if int(info) == 0 else None
-    if inverse is None or not bool(torch.isfinite(inverse).all()):
+    if inverse is None or not all_finite(inverse):
         inverse_diag = 1 / (g.diagonal() + damping)
         return lambda r, out: torch.mul(r, inverse_diag, out=out)
     return lambda r, out: torch.mm(r, inverse, out=out)
