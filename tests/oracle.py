@@ -346,10 +346,11 @@ def _step(s: dict, cfg: DSnoTConfig, nm, strict: bool, threshold: np.float32, si
     s["active"] = update
 
 
-def exact_oracle(weight, gram, mask, T: int, nm=None, tolerance: float = 1e-9):
+def exact_oracle(weight, gram, mask, T: int, nm, tolerance: float):
     """Brute-force exact refiner, one row at a time: every allowed swap is tried by recomputing the
     row's true error ``dW G dW^T`` from scratch (float64); the best one is applied while it lowers
-    the error by more than ``tolerance`` x the row's initial error. Returns (mask, swaps per row)."""
+    the error by more than ``tolerance`` x the row's initial error (pass the refiner's own,
+    ``exact.RELATIVE_TOLERANCE``, or the two stop at different swaps). Returns (mask, swaps per row)."""
     w, g, out = weight.double(), gram.double(), mask.clone()
     swaps = torch.zeros(w.shape[0], dtype=torch.long)
 
