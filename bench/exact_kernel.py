@@ -13,10 +13,6 @@ stored run's. The kernel is compiled (or its cache loaded) on a warm-up layer fi
 from __future__ import annotations
 
 import argparse
-import os
-import platform
-import shlex
-import subprocess
 import sys
 import time
 from collections import defaultdict
@@ -26,6 +22,9 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))  # run_context lives beside this script
+
+from run_context import run_context  # noqa: E402
 
 from dsnot_lite.core.exact import ExactConfig, exact_refine  # noqa: E402
 from dsnot_lite.runs.io import atomic_write_text, write_json  # noqa: E402
@@ -145,13 +144,10 @@ def main(argv: list[str] | None = None) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     result = compare(Path(args.layers))
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-    result.update(when=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), machine=f"{platform.machine()}, {os.cpu_count()} CPUs",
-                  commit=commit or "unknown", threads=torch.get_num_threads(), load=", ".join(f"{x:.1f}" for x in os.getloadavg()))  # fmt: skip
+    result.update(run_context("exact_kernel.py", argv))
     out = Path(args.out)
     write_json(result, out / "exact_kernel.json")
-    command = "python bench/exact_kernel.py " + shlex.join(argv if argv is not None else sys.argv[1:])
-    atomic_write_text(out / "exact_kernel.md", markdown(result, command.strip()))
+    atomic_write_text(out / "exact_kernel.md", markdown(result, result["command"]))
     print(f"wrote {out / 'exact_kernel.md'}: torch {result['wall']['torch']:.1f} s, kernel {result['wall']['numba']:.1f} s")
 
 

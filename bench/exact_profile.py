@@ -19,10 +19,6 @@ layers of every fifth block once more under ``torch.profiler`` (operator self-ti
 from __future__ import annotations
 
 import argparse
-import os
-import platform
-import shlex
-import subprocess
 import sys
 import time
 from collections import defaultdict
@@ -32,6 +28,9 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))  # run_context lives beside this script
+
+from run_context import run_context  # noqa: E402
 
 from dsnot_lite.core.exact import ExactConfig, exact_refine  # noqa: E402
 from dsnot_lite.runs.io import atomic_write_text, write_json  # noqa: E402
@@ -158,15 +157,11 @@ def main(argv: list[str] | None = None) -> None:
         return
     result = profile(Path(args.layers), args.top, args.every)
     result["every"] = args.every
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-    result.update(when=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), machine=f"{platform.machine()}, {os.cpu_count()} CPUs",
-                  commit=commit or "unknown", threads=torch.get_num_threads(),
-                  load=", ".join(f"{x:.1f}" for x in os.getloadavg()), config=str(ExactConfig()))  # fmt: skip
+    result.update(run_context("exact_profile.py", argv), config=str(ExactConfig()))
     name = "exact_profile" + (f"-{args.label}" if args.label else "")
     out = Path(args.out)
     write_json(result, out / f"{name}.json")
-    command = "python bench/exact_profile.py " + shlex.join(argv if argv is not None else sys.argv[1:])
-    atomic_write_text(out / f"{name}.md", markdown(result, command.strip()))
+    atomic_write_text(out / f"{name}.md", markdown(result, result["command"]))
     log(f"wrote {out / f'{name}.md'}: {result['seconds']:.1f} s, {len(result['masks_differ'])} masks differ")
 
 

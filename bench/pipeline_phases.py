@@ -25,12 +25,8 @@ configuration; seconds per phase and peak memory (CUDA's allocator, or the proce
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import resource
-import shlex
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -39,6 +35,9 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))  # run_context lives beside this script
+
+from run_context import run_context  # noqa: E402
 
 from dsnot_lite.core.exact import ExactConfig  # noqa: E402
 from dsnot_lite.runs.io import atomic_write_text, write_json  # noqa: E402
@@ -182,15 +181,10 @@ def main(argv: list[str] | None = None) -> None:
     label = "" if not args.llama7b else f"-llama7b-{args.llama7b}"
     label += ("-quick" if args.quick else "") + (f"-{args.label}" if args.label else "")
     result = llama7b(args) if args.llama7b else smollm2(args)
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-    result.update(when=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), machine=f"{platform.machine()}, {os.cpu_count()} CPUs",
-                  commit=commit or "unknown",
-                  threads=torch.get_num_threads(), load=", ".join(f"{x:.1f}" for x in os.getloadavg()),
-                  versions={"torch": torch.__version__, "python": platform.python_version()})  # fmt: skip
+    result.update(run_context("pipeline_phases.py", argv))
     out = Path(args.out)
     write_json(result, out / f"pipeline_phases{label}.json")
-    command = "python bench/pipeline_phases.py " + shlex.join(argv if argv is not None else sys.argv[1:])
-    atomic_write_text(out / f"pipeline_phases{label}.md", markdown(result, command.strip()))
+    atomic_write_text(out / f"pipeline_phases{label}.md", markdown(result, result["command"]))
     log(f"wrote {out / f'pipeline_phases{label}.md'}")
 
 

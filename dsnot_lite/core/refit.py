@@ -26,7 +26,9 @@ blocks 2, 14, 27; float32) the diagonal preconditioner stopped at ``TOLERANCE`` 
 iterations in all, 0.06% of the error reduction short of the float64 optimum; this one at 1e-3
 takes 202, 0.08% short on average and 0.3% on the worst layer. ``SOLVER`` names the method and
 its tolerance and is part of every re-fitted run's key: a change of either must change it; a
-change that only reorders float operations (as the fused products did, 1.1x faster) keeps it.
+change that only reorders float operations keeps it (as did the fused products, 1.1x faster, and
+the fused vector steps of ``refit_kernel`` on the CPU, 0.9x the time of the torch steps on a whole
+SmolLM2-135M run: ``bench/refit_kernel.py``). What is left is the two products per iteration.
 CG started from the given weights lowers the damped objective at every iteration; a row whose true
 error would still end above its start (possible only through the damping term or rounding) keeps
 its start, so **no row's true error rises**. The mask is never changed: pruned weights stay zero,
@@ -39,13 +41,13 @@ from dataclasses import dataclass
 
 import torch
 
-from . import refit_kernel
 from .checks import all_finite, check_gram, check_mask, check_weight
 
 SOLVER = "cg, (G + lambda I)^-1 preconditioner, tolerance 1e-3"  # stored with every re-fitted run (its key)
 PERCDAMP = 0.01  # SparseGPT's damping: this fraction of the mean diagonal of G
 TOLERANCE = 1e-3  # stop once an iteration gains less than this fraction of all gained (see _masked_cg)
 MAX_ITERATIONS = 100
+KERNELS = ("auto", "torch", "numba")
 
 
 @dataclass
@@ -70,13 +72,16 @@ def refit(
     percdamp: float = PERCDAMP,
     tolerance: float = TOLERANCE,
     max_iterations: int = MAX_ITERATIONS,
+    kernel: str = "auto",
 ) -> RefitResult:
     """Least-squares kept weights of the dense ``weight`` on ``mask`` (True = pruned).
 
     ``gram`` is ``X^T X`` (any positive multiple gives the same weights); ``start`` is where the
     search starts and what no row may end worse than (default: ``weight`` with the mask applied;
     e.g. full SparseGPT's updated weights). Computes in float64 if ``weight`` or ``gram`` is
-    float64, else float32, on ``weight``'s device.
+    float64, else float32, on ``weight``'s device. ``kernel``: ``"auto"`` runs the CG's vector
+    steps on the CPU fused (``refit_kernel``, numba) and elsewhere by torch operators; ``"torch"``
+    always by those; ``"numba"`` always fused (CPU only). They agree up to float order.
     """
     check_weight(weight)
     check_mask(mask, weight)
@@ -85,6 +90,7 @@ def refit(
         raise ValueError(f"start has shape {tuple(start.shape)} but the weight {tuple(weight.shape)}; pass weights of this layer")
     if not percdamp >= 0 or not tolerance > 0 or max_iterations < 0:
         raise ValueError("percdamp must be >= 0, tolerance > 0 and max_iterations >= 0; fix: keep the defaults")
+    steps = _cg_steps(kernel, weight.device)
     dtype = torch.float64 if torch.float64 in (weight.dtype, gram.dtype) else torch.float32
     device = weight.device
     w, g = weight.to(dtype), gram.to(device=device, dtype=dtype)
@@ -104,7 +110,7 @@ def refit(
     if damping <= 0:  # no input ever fired: every weight change leaves the output as it is
         return RefitResult(w0.to(weight.dtype), initial, initial.clone(), 0, 0)
     precondition = _preconditioner(g, damping, keep)
-    e, iterations = _masked_cg(g, damping, keep, moved * keep, e0, precondition, tolerance, max_iterations)
+    e, iterations = _masked_cg(g, damping, keep, moved * keep, e0, precondition, tolerance, max_iterations, steps)
     fitted = (w + e) * keep
     final = _row_errors(fitted - w, g)
     worse = final > initial
@@ -125,7 +131,20 @@ def _preconditioner(g: torch.Tensor, damping: float, keep: torch.Tensor):
     return lambda r, out: torch.mm(r, inverse, out=out)
 
 
-def _masked_cg(g, damping, keep, rhs, e, precondition, tolerance, max_iterations) -> tuple[torch.Tensor, int]:
+def _cg_steps(kernel: str, device: torch.device):
+    """The CG's two vector steps: fused on the CPU (``refit_kernel``) or torch operators (see ``refit``)."""
+    if kernel not in KERNELS:
+        raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}; fix: keep the default 'auto'")
+    if kernel == "numba" and device.type != "cpu":
+        raise ValueError("the fused steps run on the CPU; fix: kernel='auto' or 'torch' on other devices")
+    if kernel == "torch" or device.type != "cpu":
+        return _curvature_step, _direction_step
+    from . import refit_kernel  # numba: imported (and its cache loaded) on first use
+
+    return refit_kernel.curvature_step, refit_kernel.direction_step
+
+
+def _masked_cg(g, damping, keep, rhs, e, precondition, tolerance, max_iterations, steps) -> tuple[torch.Tensor, int]:
     """Solve ``(e G) * keep + damping e = rhs`` for every row ``e`` supported on ``keep``, by
     preconditioned conjugate gradients from ``e`` (None: from 0); returns the solution and the iterations.
 
@@ -133,12 +152,9 @@ def _masked_cg(g, damping, keep, rhs, e, precondition, tolerance, max_iterations
     an iteration lowers the layer's total by less than ``tolerance`` of what all iterations did.
     The direction is supported on ``keep``, so ``(d G) * keep + damping d = (d G + damping d) * keep``.
     Per iteration: the product ``d G``, ``_curvature_step``, the preconditioner's product,
-    ``_direction_step``; on the CPU the two steps run fused (``refit_kernel``), every buffer in place.
+    ``_direction_step`` (``steps``: these or their fused versions), every buffer in place.
     """
-    curvature_step, direction_step = (
-        (refit_kernel.curvature_step, refit_kernel.direction_step) if rhs.device.type == "cpu"
-        else (_curvature_step, _direction_step)
-    )  # fmt: skip
+    curvature_step, direction_step = steps
     if e is None:
         e, residual = torch.zeros_like(rhs), rhs.clone()
     else:

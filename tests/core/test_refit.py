@@ -7,7 +7,6 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import dsnot_lite.core.refit as refit_module
 from dsnot_lite.core.exact import exact_refine
 from dsnot_lite.core.pruners import mask_from_score, sparsegpt_prune
 from dsnot_lite.core.refit import PERCDAMP, refit
@@ -149,6 +148,8 @@ def test_cuda_gives_the_cpu_weights():
     cpu = refit(weight.double(), gram.double(), mask, tolerance=1e-12)
     gpu = refit(weight.double().cuda(), gram.double().cuda(), mask.cuda(), tolerance=1e-12)
     assert gpu.weight.device.type == "cuda"
+    with pytest.raises(ValueError, match="fused steps run on the CPU"):
+        refit(weight.cuda(), gram.cuda(), mask.cuda(), kernel="numba")
     torch.testing.assert_close(gpu.weight.cpu(), cpu.weight, rtol=1e-8, atol=1e-10)
     half = refit(weight.half().cuda(), gram.cuda(), mask.cuda())
     assert half.weight.dtype == torch.float16 and bool((half.final_error <= half.initial_error * (1 + 1e-5)).all())
@@ -162,12 +163,13 @@ def test_cuda_gives_the_cpu_weights():
         (dict(mask=torch.zeros(1, 3, dtype=torch.bool)), "mask has shape"),
         (dict(start=torch.ones(2, 4)), "start has shape"),
         (dict(percdamp=-1.0), "percdamp must be"),
+        (dict(kernel="cuda"), "kernel must be one of"),
     ],
 )
 def test_bad_input_is_named(change, match):
     args = dict(weight=torch.ones(1, 4), gram=torch.eye(4), mask=torch.tensor([[True, False, False, True]]), start=None)
     args.update(change)
-    extra = {"percdamp": args.pop("percdamp")} if "percdamp" in args else {}
+    extra = {k: args.pop(k) for k in ("percdamp", "kernel") if k in args}
     with pytest.raises(ValueError, match=match):
         refit(args["weight"], args["gram"], args["mask"], args["start"], **extra)
 
@@ -190,7 +192,7 @@ def test_the_diagonal_preconditioner_takes_over_when_the_cholesky_factor_fails(m
 
 
 @pytest.mark.parametrize("dtype, weight_tol, error_tol", [(torch.float64, 1e-5, 1e-7), (torch.float32, 1e-3, 1e-5)])
-def test_the_fused_cpu_steps_give_the_torch_steps_up_to_float_order(monkeypatch, dtype, weight_tol, error_tol):
+def test_the_fused_cpu_steps_give_the_torch_steps_up_to_float_order(dtype, weight_tol, error_tol):
     """``refit_kernel`` (CPU) against the torch steps every other device runs: the same iterations,
     and weights and errors equal up to float order. CG's early iterates amplify rounding (here the
     weights agree to about 6e-7 of the largest in float64 and 3e-5 in float32, each row's error to
@@ -200,10 +202,8 @@ def test_the_fused_cpu_steps_give_the_torch_steps_up_to_float_order(monkeypatch,
     mask = mask_from_score(weight.abs() * gram.diagonal().sqrt(), 0.6)
     start = weight.masked_fill(mask, 0)
     start[::3] *= 0.9  # some rows start elsewhere than at the masked weights
-    fused = refit(weight.to(dtype), gram.to(dtype), mask, start.to(dtype))
-    monkeypatch.setattr(refit_module.refit_kernel, "curvature_step", refit_module._curvature_step)
-    monkeypatch.setattr(refit_module.refit_kernel, "direction_step", refit_module._direction_step)
-    plain = refit(weight.to(dtype), gram.to(dtype), mask, start.to(dtype))
+    fused = refit(weight.to(dtype), gram.to(dtype), mask, start.to(dtype), kernel="numba")
+    plain = refit(weight.to(dtype), gram.to(dtype), mask, start.to(dtype), kernel="torch")
     assert fused.iterations == plain.iterations > 2 and fused.kept_start == plain.kept_start
     assert float((fused.weight - plain.weight).abs().max()) <= weight_tol * float(plain.weight.abs().max())
     assert float(((fused.final_error - plain.final_error) / plain.final_error).abs().max()) <= error_tol
