@@ -60,10 +60,14 @@ REFIT_PIPELINES: dict[str, dict] = {
     "wanda + refit": {"method": "wanda", "refit": True},
     "wanda + exact + refit": {"method": "wanda", "refiner": "exact", "refit": True},
     "sparsegpt mask + exact + refit": {"method": "sparsegpt", "refiner": "exact", "refit": True},
+    # full SparseGPT, then the re-fit from its updated weights on its own mask (added after the other
+    # three were stored: at 2:4 on Gemma 3 270M every pipeline that changes SparseGPT's mask lost)
+    "sparsegpt + refit": {"method": "sparsegpt", "refit": True},
 }
 # The reference, then the pipeline that was best where first measured (60%): these two run at every
 # level before the others (each level's goal check comes soonest); the report keeps REFIT_PIPELINES' order.
-REFIT_RUN_ORDER = ("sparsegpt (full)", "wanda + exact + refit", "sparsegpt mask + exact + refit", "wanda + refit")
+REFIT_RUN_ORDER = ("sparsegpt (full)", "wanda + exact + refit", "sparsegpt mask + exact + refit", "wanda + refit",
+                   "sparsegpt + refit")  # fmt: skip
 REFIT_WINDOWS = 64
 REFIT_LEVELS = {"smollm2-135m": (0.6, 0.7, "2:4", 0.5, 0.8), "gemma3-270m": (0.6, 0.7, "2:4")}
 REFIT_SEEDS = {"smollm2-135m": SEEDS, "gemma3-270m": (0,)}

@@ -58,10 +58,11 @@ def refit_section(results: dict[str, dict], seeds: tuple[int, ...]) -> list[str]
         return []
     groups = organise(results)
     lines = ["## Beyond the mask: re-fitted weights against full SparseGPT (stage `refit`)", "",
-             "Full SparseGPT (OBS weight update) against three no-training pipelines of this library that end "
+             "Full SparseGPT (OBS weight update) against four no-training pipelines of this library that end "
              "with `--refit`, the least-squares kept weights on the final mask (`core/refit.py`, SparseGPT's "
-             "damping): Wanda's mask, Wanda's mask refined by the exact refiner, and SparseGPT's own mask "
-             "(no weight update) refined by the exact refiner. Perplexity per calibration seed; *vs full "
+             "damping): Wanda's mask, Wanda's mask refined by the exact refiner, SparseGPT's own mask "
+             "(no weight update) refined by the exact refiner, and full SparseGPT's mask and updated weights "
+             "(the re-fit starts from them; added last, so some of its runs may still be missing). Perplexity per calibration seed; *vs full "
              "SparseGPT*: the paired change with its 95% interval over windows and each seed's own change "
              "(negative: the pipeline is better); *pruning s*: capture + statistics + prune + refine + refit + "
              "block forward, *refit s*: the re-fit alone, both the median over seeds (one thread, a shared "

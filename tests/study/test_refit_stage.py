@@ -34,17 +34,18 @@ def test_runs_come_in_the_order_the_goal_needs_and_match_the_other_stages(tmp_pa
     # the reference and the pipeline best at 60% first, at every level: two runs give a level's goal check
     assert labels[:4] == ["sparsegpt (full) | 0.6 | seed 0", "wanda + exact + refit | 0.6 | seed 0",
                           "sparsegpt (full) | 0.7 | seed 0", "wanda + exact + refit | 0.7 | seed 0"]  # fmt: skip
-    assert labels[10:12] == ["sparsegpt mask + exact + refit | 0.6 | seed 0", "wanda + refit | 0.6 | seed 0"]
+    assert labels[10:13] == ["sparsegpt mask + exact + refit | 0.6 | seed 0", "wanda + refit | 0.6 | seed 0",
+                             "sparsegpt + refit | 0.6 | seed 0"]  # fmt: skip
     assert sorted(REFIT_RUN_ORDER) == sorted(REFIT_PIPELINES)
     levels = list(dict.fromkeys(label.split(" | ")[1] for label in labels if " | " in label and "full" not in label))
     assert levels == ["0.6", "0.7", "2:4", "0.5", "0.8"]
     seeds = [label.split(" | ")[2] for label in labels if label.count(" | ") == 2]  # the 64-window runs
-    assert seeds == sorted(seeds) and seeds[: 4 * len(levels)] == ["seed 0"] * 4 * len(levels)  # seed 0 at every level first
+    assert seeds == sorted(seeds) and seeds[: 5 * len(levels)] == ["seed 0"] * 5 * len(levels)  # seed 0 at every level first
     assert labels.index("dense") < labels.index("sparsegpt (full) | 0.6 | seed 0 | full test set")
     # on the full test set, the goal-check pair at every seed before the other two pipelines
     full = [label.split(" | ")[:3] for label in labels if label.endswith("full test set") and label.count(" | ") == 3]
     assert [p for p, _, _ in full[:12]] == ["sparsegpt (full)", "wanda + exact + refit"] * 6
-    assert [s for _, _, s in full[:12:4]] == ["seed 0", "seed 1", "seed 2"] and len(full) == 24
+    assert [s for _, _, s in full[:12:4]] == ["seed 0", "seed 1", "seed 2"] and len(full) == 30
     assert {s.seed for s in specs.values() if s.method != "dense"} == {0, 1, 2}
     assert {s.max_windows for s in specs.values()} == {64, None}
     assert all(s.refit for label, s in specs.items() if "refit" in label.split(" | ")[0])
@@ -70,6 +71,7 @@ def test_the_section_says_where_the_goal_is_met_and_where_not(tmp_path):
             "wanda + refit": 5.2,
             "wanda + exact + refit": 4.8,
             "sparsegpt mask + exact + refit": 4.9,
+            "sparsegpt + refit": 4.95,
         }
         better = base[pipeline] + (0.3 if level == "0.7" and seed == 2 and pipeline != "sparsegpt (full)" else 0.0)
         _store(study, spec, [better + 0.01 * w for w in range(8)])
@@ -101,7 +103,7 @@ def test_the_section_shows_where_a_lower_layer_error_comes_with_a_higher_perplex
         _store(study, specs[f"{pipeline} | 0.6 | seed 0"], [nll] * 8, error=error)
     refinement_report.write_report(study, planned=("refit",))
     readme = (tmp_path / "s" / "README.md").read_text()
-    assert "| 60% | 0.1000 / 148.41 | 0.0800 / 181.27 | 0.0700 / 121.51 | – |" in readme
+    assert "| 60% | 0.1000 / 148.41 | 0.0800 / 181.27 | 0.0700 / 121.51 | – | – |" in readme
     assert "order these runs differently: 60%, wanda + refit (lower error, higher perplexity)." in readme
     # the same runs without the inversion: the report says so, it does not claim one
     _store(study, specs["wanda + refit | 0.6 | seed 0"], [5.2] * 8, error=0.12)
