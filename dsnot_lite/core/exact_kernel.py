@@ -22,9 +22,9 @@ import numba
 import numpy as np
 import torch
 
-from .compiled import match_torch_threads
-
 _INF = np.float32(np.inf)
+# numba's own thread pool: its OpenMP layer would reset the thread count torch reads (set_num_threads)
+numba.config.THREADING_LAYER = "workqueue"
 
 
 @numba.njit(cache=True, nogil=True, fastmath={"contract"})
@@ -120,7 +120,7 @@ def refine_rows_cpu(w: torch.Tensor, g: torch.Tensor, pruned: torch.Tensor, u: t
     swaps = np.zeros(rows, np.int64)
     stop = np.zeros(rows, np.int64)
     hist = history.numpy() if history is not None else np.zeros((0, rows), np.float32)
-    match_torch_threads()
+    numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
     refine_rows(w.contiguous().numpy(), g.contiguous().numpy(), pruned.numpy(), u.numpy(), tolerance.numpy(),
                 error.numpy(), T, k, swaps, stop, hist, codes)  # fmt: skip
     return torch.from_numpy(swaps), torch.from_numpy(stop)

@@ -27,8 +27,9 @@ iterations in all, 0.06% of the error reduction short of the float64 optimum; th
 takes 202, 0.08% short on average and 0.3% on the worst layer. ``SOLVER`` names the method and
 its tolerance and is part of every re-fitted run's key: a change of either must change it; a
 change that only reorders float operations keeps it (as did the fused products, 1.1x faster, and
-the fused vector steps of ``refit_kernel`` on the CPU, 0.9x the time of the torch steps on a whole
-SmolLM2-135M run: ``bench/refit_kernel.py``). What is left is the two products per iteration.
+the CG's preallocated in-place buffers with a start at the masked weights needing two products fewer,
+about 0.9x the time on a whole SmolLM2-135M run). Nearly all that is left is the two products per
+iteration (a numba kernel fusing the vector steps row by row saved 2% more: not kept).
 CG started from the given weights lowers the damped objective at every iteration; a row whose true
 error would still end above its start (possible only through the damping term or rounding) keeps
 its start, so **no row's true error rises**. The mask is never changed: pruned weights stay zero,
@@ -47,7 +48,6 @@ SOLVER = "cg, (G + lambda I)^-1 preconditioner, tolerance 1e-3"  # stored with e
 PERCDAMP = 0.01  # SparseGPT's damping: this fraction of the mean diagonal of G
 TOLERANCE = 1e-3  # stop once an iteration gains less than this fraction of all gained (see _masked_cg)
 MAX_ITERATIONS = 100
-KERNELS = ("auto", "torch", "numba")
 
 
 @dataclass
@@ -72,16 +72,13 @@ def refit(
     percdamp: float = PERCDAMP,
     tolerance: float = TOLERANCE,
     max_iterations: int = MAX_ITERATIONS,
-    kernel: str = "auto",
 ) -> RefitResult:
     """Least-squares kept weights of the dense ``weight`` on ``mask`` (True = pruned).
 
     ``gram`` is ``X^T X`` (any positive multiple gives the same weights); ``start`` is where the
     search starts and what no row may end worse than (default: ``weight`` with the mask applied;
     e.g. full SparseGPT's updated weights). Computes in float64 if ``weight`` or ``gram`` is
-    float64, else float32, on ``weight``'s device. ``kernel``: ``"auto"`` runs the CG's vector
-    steps on the CPU fused (``refit_kernel``, numba) and elsewhere by torch operators; ``"torch"``
-    always by those; ``"numba"`` always fused (CPU only). They agree up to float order.
+    float64, else float32, on ``weight``'s device.
     """
     check_weight(weight)
     check_mask(mask, weight)
@@ -90,7 +87,6 @@ def refit(
         raise ValueError(f"start has shape {tuple(start.shape)} but the weight {tuple(weight.shape)}; pass weights of this layer")
     if not percdamp >= 0 or not tolerance > 0 or max_iterations < 0:
         raise ValueError("percdamp must be >= 0, tolerance > 0 and max_iterations >= 0; fix: keep the defaults")
-    steps = _cg_steps(kernel, weight.device)
     dtype = torch.float64 if torch.float64 in (weight.dtype, gram.dtype) else torch.float32
     device = weight.device
     w, g = weight.to(dtype), gram.to(device=device, dtype=dtype)
@@ -110,7 +106,7 @@ def refit(
     if damping <= 0:  # no input ever fired: every weight change leaves the output as it is
         return RefitResult(w0.to(weight.dtype), initial, initial.clone(), 0, 0)
     precondition = _preconditioner(g, damping, keep)
-    e, iterations = _masked_cg(g, damping, keep, moved * keep, e0, precondition, tolerance, max_iterations, steps)
+    e, iterations = _masked_cg(g, damping, keep, moved * keep, e0, precondition, tolerance, max_iterations)
     fitted = (w + e) * keep
     final = _row_errors(fitted - w, g)
     worse = final > initial
@@ -131,20 +127,7 @@ def _preconditioner(g: torch.Tensor, damping: float, keep: torch.Tensor):
     return lambda r, out: torch.mm(r, inverse, out=out)
 
 
-def _cg_steps(kernel: str, device: torch.device):
-    """The CG's two vector steps: fused on the CPU (``refit_kernel``) or torch operators (see ``refit``)."""
-    if kernel not in KERNELS:
-        raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}; fix: keep the default 'auto'")
-    if kernel == "numba" and device.type != "cpu":
-        raise ValueError("the fused steps run on the CPU; fix: kernel='auto' or 'torch' on other devices")
-    if kernel == "torch" or device.type != "cpu":
-        return _curvature_step, _direction_step
-    from . import refit_kernel  # numba: imported (and its cache loaded) on first use
-
-    return refit_kernel.curvature_step, refit_kernel.direction_step
-
-
-def _masked_cg(g, damping, keep, rhs, e, precondition, tolerance, max_iterations, steps) -> tuple[torch.Tensor, int]:
+def _masked_cg(g, damping, keep, rhs, e, precondition, tolerance, max_iterations) -> tuple[torch.Tensor, int]:
     """Solve ``(e G) * keep + damping e = rhs`` for every row ``e`` supported on ``keep``, by
     preconditioned conjugate gradients from ``e`` (None: from 0); returns the solution and the iterations.
 
@@ -152,23 +135,22 @@ def _masked_cg(g, damping, keep, rhs, e, precondition, tolerance, max_iterations
     an iteration lowers the layer's total by less than ``tolerance`` of what all iterations did.
     The direction is supported on ``keep``, so ``(d G) * keep + damping d = (d G + damping d) * keep``.
     Per iteration: the product ``d G``, ``_curvature_step``, the preconditioner's product,
-    ``_direction_step`` (``steps``: these or their fused versions), every buffer in place.
+    ``_direction_step``, every buffer allocated once and updated in place.
     """
-    curvature_step, direction_step = steps
     if e is None:
         e, residual = torch.zeros_like(rhs), rhs.clone()
     else:
         residual = rhs - torch.addmm(e, e, g, beta=damping).mul_(keep)
     direction, q, z = torch.zeros_like(rhs), torch.empty_like(rhs), torch.empty_like(rhs)
     rz = torch.zeros(rhs.shape[0], dtype=rhs.dtype, device=rhs.device)  # r.z of the last iteration; 0: beta = 0
-    direction_step(precondition(residual, z), residual, direction, keep, rz)
+    _direction_step(precondition(residual, z), residual, direction, keep, rz)
     gained = 0.0
     for iteration in range(max_iterations):
-        step = float(curvature_step(torch.mm(direction, g, out=q), direction, e, residual, keep, rz, damping).sum())
+        step = float(_curvature_step(torch.mm(direction, g, out=q), direction, e, residual, keep, rz, damping).sum())
         gained += step
         if step <= tolerance * gained:
             return e, iteration + 1
-        direction_step(precondition(residual, z), residual, direction, keep, rz)
+        _direction_step(precondition(residual, z), residual, direction, keep, rz)
     return e, max_iterations
 
 
