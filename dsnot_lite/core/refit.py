@@ -21,15 +21,16 @@ The damped objective is ``E_r(w') + lambda ||w'_S - w_S||^2``.
 al. 2024, arXiv 2406.07831, solves its masked least squares), preconditioned by the damped inverse
 ``(G + lambda I)^-1`` restricted to the kept columns (SPD on them, one Cholesky factor per layer;
 the diagonal if that factor fails): each iteration is two matrix products of all rows with a d x d
-matrix, the first fused with the damping. On 21 SmolLM2-135M layers (Wanda 60% + exact refiner,
+matrix, then the damping and the mask in place. On 21 SmolLM2-135M layers (Wanda 60% + exact refiner,
 blocks 2, 14, 27; float32) the diagonal preconditioner stopped at ``TOLERANCE`` 1e-4 took 585
 iterations in all, 0.06% of the error reduction short of the float64 optimum; this one at 1e-3
 takes 202, 0.08% short on average and 0.3% on the worst layer. ``SOLVER`` names the method and
 its tolerance and is part of every re-fitted run's key: a change of either must change it; a
 change that only reorders float operations keeps it (as did the fused products, 1.1x faster, and
 the CG's preallocated in-place buffers with a start at the masked weights needing two products fewer,
-about 0.9x the time on a whole SmolLM2-135M run). Nearly all that is left is the two products per
-iteration (a numba kernel fusing the vector steps row by row saved 2% more: not kept).
+0.91x the time on a whole SmolLM2-135M run: ``bench/refit_versions.py``). Nearly all that is left is the two products per
+iteration (a numba kernel fusing the vector steps row by row took 0.98x their time on 210 stored
+layers, ``bench/refit_kernel.py`` at commit 543d46e: not kept).
 CG started from the given weights lowers the damped objective at every iteration; a row whose true
 error would still end above its start (possible only through the damping term or rounding) keeps
 its start, so **no row's true error rises**. The mask is never changed: pruned weights stay zero,
