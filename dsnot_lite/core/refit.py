@@ -27,10 +27,10 @@ iterations in all, 0.06% of the error reduction short of the float64 optimum; th
 takes 202, 0.08% short on average and 0.3% on the worst layer. ``SOLVER`` names the method and
 its tolerance and is part of every re-fitted run's key: a change of either must change it; a
 change that only reorders float operations keeps it (as did the fused products, 1.1x faster, and
-the CG's preallocated in-place buffers with a start at the masked weights needing two products fewer,
-0.91x the time on a whole SmolLM2-135M run: ``bench/refit_versions.py``). Nearly all that is left is the two products per
-iteration (a numba kernel fusing the vector steps row by row took 0.98x their time on 210 stored
-layers, ``bench/refit_kernel.py`` at commit 543d46e: not kept).
+the CG's preallocated in-place buffers with a start at the masked weights needing two products
+fewer, 0.91x the time on a whole SmolLM2-135M run: ``bench/refit_versions.py``). Nearly all that
+is left is the two products per iteration (a numba kernel fusing the vector steps row by row took
+0.98x their time on 210 stored layers, ``bench/refit_kernel.py`` at commit 543d46e: not kept).
 CG started from the given weights lowers the damped objective at every iteration; a row whose true
 error would still end above its start (possible only through the damping term or rounding) keeps
 its start, so **no row's true error rises**. The mask is never changed: pruned weights stay zero,
