@@ -15,18 +15,17 @@ Writes ``bench/results/refit_heldout-<model>.{json,md}``. A plain script, not a 
 from __future__ import annotations
 
 import argparse
-import os
-import shlex
 import statistics
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))  # run_context lives beside this script
+
+from run_context import run_context  # noqa: E402
 
 from dsnot_lite.core.errors import relative_error  # noqa: E402
 from dsnot_lite.core.pruners import sparsegpt_prune  # noqa: E402
@@ -101,12 +100,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     rows = measure(args)
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-    result = {"command": "python bench/refit_heldout.py " + shlex.join(argv if argv is not None else sys.argv[1:]),
-              "commit": commit, "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-              "load": ", ".join(f"{x:.1f}" for x in os.getloadavg()), "model": args.model,
-              "level": args.nm or f"{args.sparsity:.0%}", "calibration": args.nsamples * args.seqlen,
-              "heldout": args.heldout * args.seqlen, "rows": rows}  # fmt: skip
+    result = {**run_context("refit_heldout.py", argv), "model": args.model, "level": args.nm or f"{args.sparsity:.0%}",
+              "calibration": args.nsamples * args.seqlen, "heldout": args.heldout * args.seqlen, "rows": rows}  # fmt: skip
     out = Path(args.out)
     name = f"refit_heldout-{args.model}"
     write_json(result, out / f"{name}.json")
