@@ -57,6 +57,12 @@ def _add_run(sub) -> None:
         action="store_true",
         help="after the pruner and any refiner, re-fit the kept weights by least squares on the calibration inputs",
     )
+    p.add_argument(
+        "--refit-target",
+        default="layer",
+        choices=["layer", "dense"],
+        help="what --refit fits: the layer's own outputs (layer) or the dense model's, on its own inputs (dense)",
+    )
     knobs = p.add_argument_group("refiner knobs (each overrides the preset; default: the preset's)")
     knobs.add_argument("--T", type=int, default=None, help="most swaps per row, DSnoT and exact (paper: 50)")
     knobs.add_argument("--eps", type=float, default=None, help="DSnoT: stop a row at |E[Delta]| <= eps (paper: 0.1)")
@@ -146,7 +152,7 @@ def run_spec(args):
     return RunSpec(
         model=args.model, method=args.method, sparsity=args.sparsity or 0.0, nm=nm, refiner=refiner,
         preset=args.preset, dsnot=_dsnot_config(args, refiner), exact=_exact_config(args, refiner),
-        weight_update=not args.no_weight_update, refit=args.refit, nsamples=args.nsamples, seqlen=args.seqlen, seed=args.seed,
+        weight_update=not args.no_weight_update, refit=args.refit, refit_target=args.refit_target, nsamples=args.nsamples, seqlen=args.seqlen, seed=args.seed,
         max_windows=args.max_windows, eval_split=args.eval_split, blocks=args.blocks, attn=args.attn,
         device=args.device, dtype=args.dtype, batch_size=args.batch_size, record_errors=args.record_errors,
         tasks=tuple(t.strip() for t in args.tasks.split(",") if t.strip()) if args.tasks else (),

@@ -31,6 +31,11 @@ the CG's preallocated in-place buffers with a start at the masked weights needin
 fewer, 0.91x the time on a whole SmolLM2-135M run: ``bench/refit_versions.py``). Nearly all that
 is left is the two products per iteration (a numba kernel fusing the vector steps row by row took
 0.98x their time on 210 stored layers, ``bench/refit_kernel.py`` at commit 543d46e: not kept).
+With a ``Target`` the re-fit aims at the *dense model's* outputs instead of the layer's own (error
+compensation across blocks, as asymmetric calibration does for quantisation, GPTAQ, Li et al. 2025,
+arXiv 2504.02692): with ``X`` the inputs the pruned model feeds the layer and ``X_d`` those the dense
+model feeds it, a row minimises ``||X w'^T - X_d w^T||^2``, whose normal equations differ only on the
+right: ``(G_SS + lambda I) e_S = (w C^T - w_S G)_S``, ``C = X^T X_d``. Without one, ``C = G``.
 CG started from the given weights lowers the damped objective at every iteration; a row whose true
 error would still end above its start (possible only through the damping term or rounding) keeps
 its start, so **no row's true error rises**. The mask is never changed: pruned weights stay zero,
@@ -52,6 +57,14 @@ MAX_ITERATIONS = 100
 
 
 @dataclass
+class Target:
+    """The dense model's side of the re-fit's target (see the module docstring), sums over tokens."""
+
+    cross: torch.Tensor  # X^T X_d (d x d): the pruned model's inputs against the dense model's
+    gram: torch.Tensor  # X_d^T X_d (d x d): the dense model's inputs
+
+
+@dataclass
 class RefitResult:
     """Re-fitted weights (zeros where pruned, the input weight's dtype) and per-row true errors
     ``E_r`` of the start and of the result (float32 or float64, units of the Gram matrix given)."""
@@ -70,6 +83,7 @@ def refit(
     mask: torch.Tensor,
     start: torch.Tensor | None = None,
     *,
+    target: Target | None = None,
     percdamp: float = PERCDAMP,
     tolerance: float = TOLERANCE,
     max_iterations: int = MAX_ITERATIONS,
@@ -78,7 +92,8 @@ def refit(
 
     ``gram`` is ``X^T X`` (any positive multiple gives the same weights); ``start`` is where the
     search starts and what no row may end worse than (default: ``weight`` with the mask applied;
-    e.g. full SparseGPT's updated weights). Computes in float64 if ``weight`` or ``gram`` is
+    e.g. full SparseGPT's updated weights); ``target``: fit the dense model's outputs on its own
+    inputs (then the errors are against those, and ``gram`` must be the sum over tokens). Computes in float64 if ``weight`` or ``gram`` is
     float64, else float32, on ``weight``'s device.
     """
     check_weight(weight)
@@ -92,6 +107,8 @@ def refit(
     device = weight.device
     w, g = weight.to(dtype), gram.to(device=device, dtype=dtype)
     keep = (~mask.to(device)).to(dtype)
+    if target is not None:
+        return _refit_to_target(weight, w, g, keep, start, target, percdamp, tolerance, max_iterations)
     removed = w * (1 - keep)  # dW: the pruned weights
     moved = removed @ g  # (G dW)^T, the right-hand side before masking
     if start is None:  # from the masked weights: w0 - w = -dW, so E_r = dW G dW^T needs no other product
@@ -113,6 +130,35 @@ def refit(
     worse = final > initial
     fitted[worse], final[worse] = w0[worse], initial[worse]
     return RefitResult(fitted.to(weight.dtype), initial, final, iterations, int(worse.sum()))
+
+
+def _refit_to_target(weight, w, g, keep, start, target: Target, percdamp, tolerance, max_iterations) -> RefitResult:
+    """``refit`` toward the dense model's outputs: right-hand side ``w C^T - (w keep) G``; row errors
+    ``w' G w'^T - 2 w' C w^T + w G_d w^T`` (``_target_errors``)."""
+    check_gram(target.gram, w.shape[1])
+    check_gram(target.cross, w.shape[1])  # the same shape and finiteness rules (not symmetric)
+    c, gd = target.cross.to(device=w.device, dtype=w.dtype), target.gram.to(device=w.device, dtype=w.dtype)
+    w0 = (w if start is None else start.to(device=w.device, dtype=w.dtype)) * keep
+    dense = ((w @ gd) * w).sum(1)  # w G_d w^T: the dense outputs' squared norm, the same for every w'
+    aimed = w @ c.T  # (C w^T)^T
+    initial = _target_errors(w0, g, aimed, dense)
+    damping = percdamp * float(g.diagonal().mean())
+    if damping <= 0:
+        return RefitResult(w0.to(weight.dtype), initial, initial.clone(), 0, 0)
+    e0 = (w0 - w) * keep
+    rhs = (aimed - (w * keep) @ g) * keep
+    precondition = _preconditioner(g, damping, keep)
+    e, iterations = _masked_cg(g, damping, keep, rhs, e0 if bool(e0.any()) else None, precondition, tolerance, max_iterations)
+    fitted = (w + e) * keep
+    final = _target_errors(fitted, g, aimed, dense)
+    worse = final > initial
+    fitted[worse], final[worse] = w0[worse], initial[worse]
+    return RefitResult(fitted.to(weight.dtype), initial, final, iterations, int(worse.sum()))
+
+
+def _target_errors(fitted: torch.Tensor, g: torch.Tensor, aimed: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
+    """Per row ``||X w'^T - X_d w^T||^2 = w' G w'^T - 2 w' C w^T + w G_d w^T`` (clamped at 0: rounding)."""
+    return (((fitted @ g) * fitted).sum(1) - 2 * (fitted * aimed).sum(1) + dense).clamp_min(0)
 
 
 def _preconditioner(g: torch.Tensor, damping: float, keep: torch.Tensor):

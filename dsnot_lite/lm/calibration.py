@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from dsnot_lite.core.refit import Target
 from dsnot_lite.core.stats import ChannelStats
 
 
@@ -172,3 +173,55 @@ def collect_stats(
     if missing:
         raise ValueError(f"linear layers {missing} never ran in the block's forward; their inputs cannot be measured")
     return {name: stats[owner[name]] for name in linears}
+
+
+def collect_targets(
+    block: nn.Module, linears: dict[str, nn.Linear], inputs: BlockInputs, dense_inputs: BlockInputs
+) -> tuple[dict[str, Target], BlockInputs]:
+    """Per linear the dense side of the re-fit's target (``core.refit.Target``), and the block's
+    outputs on ``dense_inputs`` (the next block's dense stream). Run before the block is pruned.
+
+    ``X`` is what a linear sees when ``block`` runs on ``inputs`` (the pruned model's stream), ``X_d``
+    on ``dense_inputs`` (the dense model's); batch by batch, the dense batch runs first and its
+    linear inputs are held for the pruned batch's hooks, which add ``X^T X_d`` and ``X_d^T X_d``.
+    Linears fed the same input tensor (q/k/v, gate/up) share their matrices, as in ``collect_stats``.
+    """
+    targets: dict[str, Target] = {}
+    owner: dict[str, str] = {}  # linear -> the linear whose matrices it shares
+    dense_x: dict[str, torch.Tensor] = {}
+
+    def hold(name: str):
+        def hook(_module, inp, _out):
+            dense_x[name] = inp[0]
+
+        return hook
+
+    def pair(name: str, layer: nn.Linear):
+        def hook(_module, inp, _out):
+            if name not in owner:  # decided on the first batch
+                owner[name] = next((o for o in owner if owner[o] == o and dense_x[o] is dense_x[name]), name)
+            if owner[name] != name:
+                return
+            x, xd = (t.reshape(-1, t.shape[-1]).float() for t in (inp[0], dense_x[name]))
+            if name not in targets:
+                zeros = torch.zeros(layer.in_features, layer.in_features, device=layer.weight.device)
+                targets[name] = Target(cross=zeros, gram=zeros.clone())
+            targets[name].cross.addmm_(x.T, xd)
+            targets[name].gram.addmm_(xd.T, xd)
+
+        return hook
+
+    dense_out = BlockInputs(kwargs=dense_inputs.kwargs)
+    for hidden, dense_hidden, kwargs in zip(inputs.hidden, dense_inputs.hidden, inputs.kwargs):
+        for hooks, batch in ((hold, dense_hidden), (pair, hidden)):
+            handles = [layer.register_forward_hook(hooks(name) if hooks is hold else hooks(name, layer))
+                       for name, layer in linears.items()]  # fmt: skip
+            try:
+                out = run_block(block, BlockInputs([batch], [kwargs])).hidden[0]
+            finally:
+                for h in handles:
+                    h.remove()
+            if hooks is hold:
+                dense_out.hidden.append(out)
+        dense_x.clear()
+    return {name: targets[owner[name]] for name in linears}, dense_out

@@ -39,9 +39,9 @@ from dsnot_lite.core.dsnot import dsnot
 from dsnot_lite.core.errors import error_parts
 from dsnot_lite.core.exact import exact_refine
 from dsnot_lite.core.pruners import initial_mask, sparsegpt_prune
-from dsnot_lite.core.refit import refit
+from dsnot_lite.core.refit import Target, refit
 from dsnot_lite.core.stats import ChannelStats
-from dsnot_lite.lm.calibration import capture_block_inputs, collect_stats, move_outside_blocks, run_block
+from dsnot_lite.lm.calibration import capture_block_inputs, collect_stats, collect_targets, move_outside_blocks, run_block
 from dsnot_lite.lm.models import LoadedModel, find_linears
 from dsnot_lite.runs.spec import RunSpec
 
@@ -89,8 +89,9 @@ class PhaseTimer:
             self.seconds[name] += time.perf_counter() - start
 
 
-def prune_layer(layer: nn.Linear, name: str, stats: ChannelStats, spec: RunSpec) -> LayerRecord:
-    """Prune (and refine) one linear layer in place and return its record."""
+def prune_layer(layer: nn.Linear, name: str, stats: ChannelStats, spec: RunSpec, target: Target | None = None) -> LayerRecord:
+    """Prune (and refine) one linear layer in place and return its record; ``target``: what the
+    re-fit aims at, when not the layer's own outputs (``spec.refit_target == "dense"``)."""
     start = time.perf_counter()
     weight = layer.weight.data
     record = LayerRecord(name=name, shape=tuple(weight.shape), sparsity=0.0)
@@ -113,7 +114,7 @@ def prune_layer(layer: nn.Linear, name: str, stats: ChannelStats, spec: RunSpec)
             before = error_parts(weight.float() - new_w.float(), weight, stats.gram, stats.mean, stats.ntokens)
             record.error_before_refit = before.relative
         refit_start = time.perf_counter()
-        fitted = refit(weight, stats.gram, mask, start=new_w)
+        fitted = refit(weight, stats.gram, mask, start=new_w, target=target)
         new_w, record.refit_iterations = fitted.weight, fitted.iterations
         record.refit_seconds = time.perf_counter() - refit_start
     if spec.record_errors:
@@ -175,23 +176,30 @@ def prune_model(
     with timer.phase("capture"):
         inputs = capture_block_inputs(model, all_blocks, calibration_ids, spec.batch_size, device)
         move_outside_blocks(model, all_blocks, storage)
+    dense_hidden = inputs.hidden if spec.refit_target == "dense" else None  # the dense model's stream
     records: list[LayerRecord] = []
     for index, block in enumerate(tqdm(blocks, desc="pruning blocks", disable=not progress)):
         block.to(device)
         linears = find_linears(block)
         with timer.phase("statistics"):
             stats = collect_stats(block, linears, inputs.for_block(index), hessian=spec.needs_gram)
+        targets: dict[str, Target] = {}
+        if dense_hidden is not None:
+            with timer.phase("dense_forward"):
+                dense_inputs = inputs.with_hidden(dense_hidden).for_block(index)
+                targets, dense_out = collect_targets(block, linears, inputs.for_block(index), dense_inputs)
+                dense_hidden = dense_out.hidden
         with torch.no_grad():
             for name, layer in linears.items():
                 dense = layer.weight.data.clone() if teacher else None
-                record = prune_layer(layer, f"{loaded.blocks_path}.{index}.{name}", stats[name], spec)
+                record = prune_layer(layer, f"{loaded.blocks_path}.{index}.{name}", stats[name], spec, targets.get(name))
                 if teacher:
                     teacher(f"{loaded.blocks_path}.{index}.{name}", layer, dense, stats[name])
                 timer.seconds["prune"] += record.seconds
                 timer.seconds["refine"] += record.refine_seconds
                 timer.seconds["refit"] += record.refit_seconds
                 records.append(record)
-        del stats
+        del stats, targets
         if index + 1 < len(blocks):
             with timer.phase("block_forward"):
                 inputs = inputs.with_hidden(run_block(block, inputs.for_block(index)).hidden)

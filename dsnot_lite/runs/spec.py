@@ -25,7 +25,10 @@ DTYPES = ("float32", "float16", "bfloat16")
 # Settings that change speed or where output goes, never the result: left out of the cache key.
 SPEED_ONLY = ("eval_batch_size", "data_dir")
 # Settings added after runs were stored, with the value that leaves those runs' keys unchanged.
-KEY_NEUTRAL: dict[str, object] = {"refit": False, "refit_solver": None}
+KEY_NEUTRAL: dict[str, object] = {"refit": False, "refit_solver": None, "refit_target": "layer"}
+# What the re-fit fits (core.refit): the layer's own outputs on the inputs the pruned model feeds it,
+# or the dense model's outputs (its weights on its own inputs: error compensation across blocks).
+REFIT_TARGETS = ("layer", "dense")
 _UNSET = object()
 
 
@@ -43,6 +46,7 @@ class RunSpec:
     exact: ExactConfig = field(default_factory=ExactConfig)
     weight_update: bool = True  # SparseGPT without a refiner: OBS weight update, or the saliency mask only
     refit: bool = False  # re-fit the kept weights of the final mask by least squares (core.refit), after any refiner
+    refit_target: str = "layer"  # with refit: "layer" (its own outputs) or "dense" (the dense model's)
     nsamples: int = 32  # calibration windows (paper: 128)
     seqlen: int = 512  # tokens per calibration and evaluation window (paper: 2048)
     seed: int = 0  # calibration sampling seed
@@ -131,6 +135,7 @@ class RunSpec:
         if self.method == "sparsegpt" and not self.refiners and not self.weight_update:
             parts.append("mask-only")
         parts += ["refit"] if self.refit else []
+        parts += ["dense-target"] if self.refit_target == "dense" else []
         if self.method != "dense":
             parts.append(f"{self.nm[0]}_{self.nm[1]}" if self.nm else f"s{round(self.sparsity * 100)}")
         parts += [f"seed{self.seed}"] if self.seed and self.method != "dense" else []
@@ -147,7 +152,7 @@ class RunSpec:
         names = {"dsnot": f"DSnoT ({self.preset})", "exact": "exact"}
         text = " + ".join([self.method] + [names[r] for r in self.refiners])
         text += " (mask only)" if self.method == "sparsegpt" and not self.refiners and not self.weight_update else ""
-        return text + (" + refit" if self.refit else "")
+        return text + (" + refit" if self.refit else "") + (" (dense target)" if self.refit_target == "dense" else "")
 
 
 def format_nm(nm: tuple[int, int] | None) -> str | None:
@@ -195,6 +200,10 @@ def _check(spec: RunSpec) -> None:
     if spec.method == "dense" and spec.refit:
         raise ValueError("refit re-fits the kept weights of a pruned layer, but method is dense; fix: choose a pruning method "
                          "or drop --refit")  # fmt: skip
+    if spec.refit_target not in REFIT_TARGETS:
+        raise ValueError(f"refit_target {spec.refit_target!r} is not one of {REFIT_TARGETS}; fix: choose one of them")
+    if spec.refit_target != "layer" and not spec.refit:
+        raise ValueError("refit_target sets what the re-fit aims at, but refit is off; fix: add --refit")
     if spec.method == "dense" and spec.refiner:
         raise ValueError("a refiner improves a pruned mask, but method is dense; fix: choose a pruning method")
     if spec.nm is not None:

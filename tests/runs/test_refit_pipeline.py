@@ -39,11 +39,11 @@ def test_one_name_in_spec_run_name_label_key_and_command_line():
     assert RunSpec(method="sparsegpt", sparsity=0.7, refit=True).name() == "smollm2-135m-sparsegpt-refit-s70"
     plain = RunSpec(method="wanda", sparsity=0.6)
     assert plain.replace(refit=True).key() != plain.key()
-    # runs stored before the re-fit existed keep their key: refit=False (and no solver) is left out of it
-    fields = {k: v for k, v in plain.result_fields().items() if k not in ("refit", "refit_solver")}
+    # runs stored before the re-fit existed keep their key: refit=False (no solver, the layer target) is left out
+    fields = {k: v for k, v in plain.result_fields().items() if k not in ("refit", "refit_solver", "refit_target")}
     assert plain.key() == _key_of(fields)
     # a re-fitted run's key names the solver, so runs of an earlier solver are redone, not mixed in
-    refitted = spec.result_fields()
+    refitted = {k: v for k, v in spec.result_fields().items() if k != "refit_target"}
     assert refitted["refit_solver"] == REFIT_SOLVER
     other = {**refitted, "refit_solver": "another solver"}
     assert spec.key() != _key_of(other)
@@ -82,3 +82,40 @@ def test_refit_keeps_every_mask_and_lowers_every_layer_error(spec):
             assert bool(((w == 0).reshape(w.shape[0], -1, 4).sum(-1) >= 2).all())
         kept = w != 0
         assert not torch.equal(w[kept], dense[name][kept])  # kept weights moved
+
+
+def test_the_dense_target_has_its_own_name_key_and_flag_and_needs_refit():
+    spec = RunSpec(method="sparsegpt", nm=(2, 4), refit=True, refit_target="dense")
+    assert spec.name() == "smollm2-135m-sparsegpt-refit-dense-target-2_4"
+    assert spec.label() == "sparsegpt + refit (dense target)"
+    assert spec.key() != spec.replace(refit_target="layer").key()
+    # runs stored before the dense target existed keep their key: refit_target "layer" is left out of it
+    layer = spec.replace(refit_target="layer")
+    assert layer.key() == _key_of({k: v for k, v in layer.result_fields().items() if k != "refit_target"})
+    args = build_parser().parse_args(["run", "--method", "sparsegpt", "--nm", "2:4", "--refit", "--refit-target", "dense"])
+    assert run_spec(args) == spec
+    with pytest.raises(ValueError, match="refit is off"):
+        RunSpec(method="wanda", sparsity=0.5, refit_target="dense")
+    with pytest.raises(ValueError, match="refit_target 'teacher'"):
+        RunSpec(method="wanda", sparsity=0.5, refit=True, refit_target="teacher")
+
+
+@pytest.mark.parametrize("arch", ["llama", "gemma3"])
+def test_the_dense_target_equals_the_layer_target_in_block_0_and_differs_after(arch):
+    """Block 0 sees the same inputs in the dense and the pruned model, so both targets agree there;
+    block 1's inputs differ (block 0 was pruned), so its re-fitted weights do too; masks are kept.
+    In block 0 the two differ only by rounding and where the CG stops (its right-hand sides are
+    computed differently): up to 0.3% of the weights' norm, against 8-58% in block 1."""
+    spec = RunSpec(method="sparsegpt", nm=(2, 4), refit=True, batch_size=4, record_errors=True)
+    own, aimed = tiny_loaded(arch), tiny_loaded(arch)
+    prune_model(own, calibration(), spec, progress=False)
+    records = prune_model(aimed, calibration(), spec.replace(refit_target="dense"), progress=False)
+    layer_w, dense_w = weights(own), weights(aimed)
+    for name, w in dense_w.items():
+        assert bool(((w == 0).reshape(w.shape[0], -1, 4).sum(-1) >= 2).all()), name
+        change = float((w - layer_w[name]).norm() / layer_w[name].norm())
+        if name.startswith("0."):
+            assert change < 1e-2 and torch.equal(w == 0, layer_w[name] == 0), (name, change)  # 0.3% at most seen
+        else:
+            assert change > 5e-2, (name, change)  # 7.7% at least seen
+    assert all(r.refit_iterations > 0 for r in records)
