@@ -25,6 +25,7 @@ from pathlib import Path
 EXIT_USAGE = 2
 EXIT_FAULT = 1  # the machine failed us (a full disk), not the input
 CRITERIA = ("eq2", "eq3", "wanda", "magnitude")  # core.dsnot.GROW_CRITERIA, without importing torch
+PERCDAMP = 0.01  # core.refit.PERCDAMP, without importing torch
 DSNOT_KNOBS = {"T": "--T", "eps": "--eps", "grow": "--grow", "prune": "--prune", "var_power": "--var-power",
                "var_floor": "--var-floor", "sign_check": "--sign-check", "T_width": "--T-width"}  # fmt: skip
 
@@ -62,6 +63,12 @@ def _add_run(sub) -> None:
         default="layer",
         choices=["layer", "dense"],
         help="what --refit fits: the layer's own outputs (layer) or the dense model's, on its own inputs (dense)",
+    )
+    p.add_argument(
+        "--refit-damping",
+        type=float,
+        default=PERCDAMP,
+        help="--refit's damping lambda as a fraction of the mean of diag G (default: SparseGPT's 0.01)",
     )
     knobs = p.add_argument_group("refiner knobs (each overrides the preset; default: the preset's)")
     knobs.add_argument("--T", type=int, default=None, help="most swaps per row, DSnoT and exact (paper: 50)")
@@ -152,7 +159,8 @@ def run_spec(args):
     return RunSpec(
         model=args.model, method=args.method, sparsity=args.sparsity or 0.0, nm=nm, refiner=refiner,
         preset=args.preset, dsnot=_dsnot_config(args, refiner), exact=_exact_config(args, refiner),
-        weight_update=not args.no_weight_update, refit=args.refit, refit_target=args.refit_target, nsamples=args.nsamples, seqlen=args.seqlen, seed=args.seed,
+        weight_update=not args.no_weight_update, refit=args.refit, refit_target=args.refit_target,
+        refit_damping=args.refit_damping, nsamples=args.nsamples, seqlen=args.seqlen, seed=args.seed,
         max_windows=args.max_windows, eval_split=args.eval_split, blocks=args.blocks, attn=args.attn,
         device=args.device, dtype=args.dtype, batch_size=args.batch_size, record_errors=args.record_errors,
         tasks=tuple(t.strip() for t in args.tasks.split(",") if t.strip()) if args.tasks else (),

@@ -20,7 +20,10 @@ Refiners: ``dsnot`` runs where its configuration ``applies_to`` the layer (``off
 attention projections only, R6); ``exact`` runs on every layer; ``dsnot+exact`` runs both in
 that order. With ``refit``, after the pruner and the refiners, the kept weights of the final mask
 are re-fitted by least squares on the layer's calibration inputs (``core.refit``; from full
-SparseGPT's updated weights when it ran), on every layer.
+SparseGPT's updated weights when it ran), on every layer. With ``refit_target="dense"`` the re-fit
+aims at the dense model's outputs instead: the dense model's hidden states are carried beside the
+pruned ones (one more block forward per block, before it is pruned) and ``collect_targets`` pairs
+the two streams' inputs of every linear (``core.refit.Target``).
 """
 
 from __future__ import annotations
@@ -114,7 +117,7 @@ def prune_layer(layer: nn.Linear, name: str, stats: ChannelStats, spec: RunSpec,
             before = error_parts(weight.float() - new_w.float(), weight, stats.gram, stats.mean, stats.ntokens)
             record.error_before_refit = before.relative
         refit_start = time.perf_counter()
-        fitted = refit(weight, stats.gram, mask, start=new_w, target=target)
+        fitted = refit(weight, stats.gram, mask, start=new_w, target=target, percdamp=spec.refit_damping)
         new_w, record.refit_iterations = fitted.weight, fitted.iterations
         record.refit_seconds = time.perf_counter() - refit_start
     if spec.record_errors:

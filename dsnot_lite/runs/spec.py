@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 from dsnot_lite.core.dsnot import DSnoTConfig, preset, preset_overrides
 from dsnot_lite.core.exact import ExactConfig
+from dsnot_lite.core.refit import PERCDAMP
 from dsnot_lite.core.refit import SOLVER as REFIT_SOLVER
 
 METHODS = ("dense", "magnitude", "wanda", "sparsegpt")
@@ -25,7 +26,7 @@ DTYPES = ("float32", "float16", "bfloat16")
 # Settings that change speed or where output goes, never the result: left out of the cache key.
 SPEED_ONLY = ("eval_batch_size", "data_dir")
 # Settings added after runs were stored, with the value that leaves those runs' keys unchanged.
-KEY_NEUTRAL: dict[str, object] = {"refit": False, "refit_solver": None, "refit_target": "layer"}
+KEY_NEUTRAL: dict[str, object] = {"refit": False, "refit_solver": None, "refit_target": "layer", "refit_damping": PERCDAMP}
 # What the re-fit fits (core.refit): the layer's own outputs on the inputs the pruned model feeds it,
 # or the dense model's outputs (its weights on its own inputs: error compensation across blocks).
 REFIT_TARGETS = ("layer", "dense")
@@ -47,6 +48,7 @@ class RunSpec:
     weight_update: bool = True  # SparseGPT without a refiner: OBS weight update, or the saliency mask only
     refit: bool = False  # re-fit the kept weights of the final mask by least squares (core.refit), after any refiner
     refit_target: str = "layer"  # with refit: "layer" (its own outputs) or "dense" (the dense model's)
+    refit_damping: float = PERCDAMP  # with refit: lambda as a fraction of the mean of diag G (SparseGPT's 0.01)
     nsamples: int = 32  # calibration windows (paper: 128)
     seqlen: int = 512  # tokens per calibration and evaluation window (paper: 2048)
     seed: int = 0  # calibration sampling seed
@@ -136,6 +138,7 @@ class RunSpec:
             parts.append("mask-only")
         parts += ["refit"] if self.refit else []
         parts += ["dense-target"] if self.refit_target == "dense" else []
+        parts += [f"damp{self.refit_damping:g}"] if self.refit_damping != PERCDAMP else []
         if self.method != "dense":
             parts.append(f"{self.nm[0]}_{self.nm[1]}" if self.nm else f"s{round(self.sparsity * 100)}")
         parts += [f"seed{self.seed}"] if self.seed and self.method != "dense" else []
@@ -152,7 +155,10 @@ class RunSpec:
         names = {"dsnot": f"DSnoT ({self.preset})", "exact": "exact"}
         text = " + ".join([self.method] + [names[r] for r in self.refiners])
         text += " (mask only)" if self.method == "sparsegpt" and not self.refiners and not self.weight_update else ""
-        return text + (" + refit" if self.refit else "") + (" (dense target)" if self.refit_target == "dense" else "")
+        notes = (["dense target"] if self.refit_target == "dense" else []) + (
+            [f"damping {self.refit_damping:g}"] if self.refit_damping != PERCDAMP else []
+        )
+        return text + (" + refit" if self.refit else "") + (f" ({', '.join(notes)})" if notes else "")
 
 
 def format_nm(nm: tuple[int, int] | None) -> str | None:
@@ -202,8 +208,10 @@ def _check(spec: RunSpec) -> None:
                          "or drop --refit")  # fmt: skip
     if spec.refit_target not in REFIT_TARGETS:
         raise ValueError(f"refit_target {spec.refit_target!r} is not one of {REFIT_TARGETS}; fix: choose one of them")
-    if spec.refit_target != "layer" and not spec.refit:
-        raise ValueError("refit_target sets what the re-fit aims at, but refit is off; fix: add --refit")
+    if (spec.refit_target != "layer" or spec.refit_damping != PERCDAMP) and not spec.refit:
+        raise ValueError("refit_target and refit_damping set how the re-fit works, but refit is off; fix: add --refit")
+    if not (isinstance(spec.refit_damping, (int, float)) and 0 < spec.refit_damping < float("inf")):
+        raise ValueError(f"refit_damping must be a positive number, got {spec.refit_damping!r}; fix: e.g. --refit-damping 0.1")
     if spec.method == "dense" and spec.refiner:
         raise ValueError("a refiner improves a pruned mask, but method is dense; fix: choose a pruning method")
     if spec.nm is not None:

@@ -10,7 +10,9 @@ import pytest
 import torch
 from _tiny import VOCAB, tiny_loaded
 
+from dsnot_lite.cli import PERCDAMP as CLI_PERCDAMP
 from dsnot_lite.cli import build_parser, run_spec
+from dsnot_lite.core.refit import PERCDAMP as REFIT_PERCDAMP
 from dsnot_lite.core.refit import SOLVER as REFIT_SOLVER
 from dsnot_lite.lm.models import find_linears
 from dsnot_lite.runs.pipeline import prune_model
@@ -40,10 +42,12 @@ def test_one_name_in_spec_run_name_label_key_and_command_line():
     plain = RunSpec(method="wanda", sparsity=0.6)
     assert plain.replace(refit=True).key() != plain.key()
     # runs stored before the re-fit existed keep their key: refit=False (no solver, the layer target) is left out
-    fields = {k: v for k, v in plain.result_fields().items() if k not in ("refit", "refit_solver", "refit_target")}
+    fields = {
+        k: v for k, v in plain.result_fields().items() if k not in ("refit", "refit_solver", "refit_target", "refit_damping")
+    }
     assert plain.key() == _key_of(fields)
     # a re-fitted run's key names the solver, so runs of an earlier solver are redone, not mixed in
-    refitted = {k: v for k, v in spec.result_fields().items() if k != "refit_target"}
+    refitted = {k: v for k, v in spec.result_fields().items() if k not in ("refit_target", "refit_damping")}
     assert refitted["refit_solver"] == REFIT_SOLVER
     other = {**refitted, "refit_solver": "another solver"}
     assert spec.key() != _key_of(other)
@@ -84,6 +88,20 @@ def test_refit_keeps_every_mask_and_lowers_every_layer_error(spec):
         assert not torch.equal(w[kept], dense[name][kept])  # kept weights moved
 
 
+def test_the_refit_damping_has_its_own_name_key_and_flag_and_defaults_to_sparsegpts():
+    spec = RunSpec(method="sparsegpt", nm=(2, 4), refit=True, refit_damping=0.1)
+    assert spec.name() == "smollm2-135m-sparsegpt-refit-damp0.1-2_4" and spec.label() == "sparsegpt + refit (damping 0.1)"
+    both = spec.replace(refit_target="dense")
+    assert both.label() == "sparsegpt + refit (dense target, damping 0.1)"
+    default = spec.replace(refit_damping=REFIT_PERCDAMP)
+    assert default.key() == _key_of(
+        {k: v for k, v in default.result_fields().items() if k not in ("refit_target", "refit_damping")}
+    )
+    assert spec.key() != default.key() and CLI_PERCDAMP == REFIT_PERCDAMP
+    args = build_parser().parse_args(["run", "--method", "sparsegpt", "--nm", "2:4", "--refit", "--refit-damping", "0.1"])
+    assert run_spec(args) == spec
+
+
 def test_the_dense_target_has_its_own_name_key_and_flag_and_needs_refit():
     spec = RunSpec(method="sparsegpt", nm=(2, 4), refit=True, refit_target="dense")
     assert spec.name() == "smollm2-135m-sparsegpt-refit-dense-target-2_4"
@@ -91,11 +109,15 @@ def test_the_dense_target_has_its_own_name_key_and_flag_and_needs_refit():
     assert spec.key() != spec.replace(refit_target="layer").key()
     # runs stored before the dense target existed keep their key: refit_target "layer" is left out of it
     layer = spec.replace(refit_target="layer")
-    assert layer.key() == _key_of({k: v for k, v in layer.result_fields().items() if k != "refit_target"})
+    assert layer.key() == _key_of({k: v for k, v in layer.result_fields().items() if k not in ("refit_target", "refit_damping")})
     args = build_parser().parse_args(["run", "--method", "sparsegpt", "--nm", "2:4", "--refit", "--refit-target", "dense"])
     assert run_spec(args) == spec
     with pytest.raises(ValueError, match="refit is off"):
         RunSpec(method="wanda", sparsity=0.5, refit_target="dense")
+    with pytest.raises(ValueError, match="refit is off"):
+        RunSpec(method="wanda", sparsity=0.5, refit_damping=0.1)
+    with pytest.raises(ValueError, match="positive number"):
+        RunSpec(method="wanda", sparsity=0.5, refit=True, refit_damping=0)
     with pytest.raises(ValueError, match="refit_target 'teacher'"):
         RunSpec(method="wanda", sparsity=0.5, refit=True, refit_target="teacher")
 
