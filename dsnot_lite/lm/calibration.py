@@ -175,53 +175,80 @@ def collect_stats(
     return {name: stats[owner[name]] for name in linears}
 
 
-def collect_targets(
-    block: nn.Module, linears: dict[str, nn.Linear], inputs: BlockInputs, dense_inputs: BlockInputs
-) -> tuple[dict[str, Target], BlockInputs]:
-    """Per linear the dense side of the re-fit's target (``core.refit.Target``), and the block's
-    outputs on ``dense_inputs`` (the next block's dense stream). Run before the block is pruned.
+@dataclass
+class DenseInputs:
+    """What the linears of one block see in the dense model: ``groups`` of linears fed the same
+    input tensor (q/k/v, o, gate/up, down), in the order the block calls them, each group's
+    inputs per batch, and the block's dense outputs (the next block's dense stream)."""
 
-    ``X`` is what a linear sees when ``block`` runs on ``inputs`` (the pruned model's stream), ``X_d``
-    on ``dense_inputs`` (the dense model's); batch by batch, the dense batch runs first and its
-    linear inputs are held for the pruned batch's hooks, which add ``X^T X_d`` and ``X_d^T X_d``.
-    Linears fed the same input tensor (q/k/v, gate/up) share their matrices, as in ``collect_stats``.
-    """
-    targets: dict[str, Target] = {}
-    owner: dict[str, str] = {}  # linear -> the linear whose matrices it shares
-    dense_x: dict[str, torch.Tensor] = {}
+    groups: list[list[str]]
+    inputs: dict[str, list[torch.Tensor]]  # group leader -> its input, per batch
+    outputs: BlockInputs
+
+
+def dense_linear_inputs(block: nn.Module, linears: dict[str, nn.Linear], dense_inputs: BlockInputs) -> DenseInputs:
+    """Run the (still dense) ``block`` on the dense stream and hold every linear group's inputs."""
+    groups: list[list[str]] = []
+    held: dict[str, list[torch.Tensor]] = {}
+    leader_of: dict[str, str] = {}
+    batch: dict[str, torch.Tensor] = {}  # this batch: leader -> input tensor
 
     def hold(name: str):
         def hook(_module, inp, _out):
-            dense_x[name] = inp[0]
+            x = inp[0]
+            if name not in leader_of:  # decided on the first batch, in call order
+                twin = next((lead for lead, t in batch.items() if t is x), None)
+                leader_of[name] = twin or name
+                if twin is None:
+                    groups.append([name])
+                else:
+                    next(g for g in groups if g[0] == twin).append(name)
+            if leader_of[name] == name:
+                batch[name] = x
+                held.setdefault(name, []).append(x)
 
         return hook
 
-    def pair(name: str, layer: nn.Linear):
-        def hook(_module, inp, _out):
-            if name not in owner:  # decided on the first batch
-                owner[name] = next((o for o in owner if owner[o] == o and dense_x[o] is dense_x[name]), name)
-            if owner[name] != name:
-                return
-            x, xd = (t.reshape(-1, t.shape[-1]).float() for t in (inp[0], dense_x[name]))
-            if name not in targets:
-                zeros = torch.zeros(layer.in_features, layer.in_features, device=layer.weight.device)
-                targets[name] = Target(cross=zeros, gram=zeros.clone())
-            targets[name].cross.addmm_(x.T, xd)
-            targets[name].gram.addmm_(xd.T, xd)
+    handles = [layer.register_forward_hook(hold(name)) for name, layer in linears.items()]
+    try:
+        outputs = BlockInputs(kwargs=dense_inputs.kwargs)
+        for hidden, kwargs in zip(dense_inputs.hidden, dense_inputs.kwargs):
+            batch.clear()
+            outputs.hidden += run_block(block, BlockInputs([hidden], [kwargs])).hidden
+    finally:
+        for h in handles:
+            h.remove()
+    missing = [name for name in linears if name not in leader_of]
+    if missing:
+        raise ValueError(f"linear layers {missing} never ran in the block's forward; their inputs cannot be measured")
+    return DenseInputs(groups, held, outputs)
 
-        return hook
 
-    dense_out = BlockInputs(kwargs=dense_inputs.kwargs)
-    for hidden, dense_hidden, kwargs in zip(inputs.hidden, dense_inputs.hidden, inputs.kwargs):
-        for hooks, batch in ((hold, dense_hidden), (pair, hidden)):
-            handles = [layer.register_forward_hook(hooks(name) if hooks is hold else hooks(name, layer))
-                       for name, layer in linears.items()]  # fmt: skip
-            try:
-                out = run_block(block, BlockInputs([batch], [kwargs])).hidden[0]
-            finally:
-                for h in handles:
-                    h.remove()
-            if hooks is hold:
-                dense_out.hidden.append(out)
-        dense_x.clear()
-    return {name: targets[owner[name]] for name in linears}, dense_out
+def group_targets(
+    block: nn.Module, layer: nn.Linear, inputs: BlockInputs, dense_x: list[torch.Tensor]
+) -> tuple[Target, torch.Tensor]:
+    """For the linear group fed like ``layer``: ``Target`` (``X^T X_d``, ``X_d^T X_d``) and the Gram
+    matrix ``X^T X`` of what it sees when ``block`` runs on ``inputs`` *as it is now*, with the
+    groups called before it already pruned (true-sequential: a dense target fitted against
+    inputs from unpruned upstream layers would make both compensate the same drift). The forward
+    of each batch stops right after ``layer``."""
+    d = layer.in_features
+    cross, dense_gram, gram = (torch.zeros(d, d, device=layer.weight.device) for _ in range(3))
+    index = [0]
+
+    def pair(_module, inp, _out):
+        x = inp[0].reshape(-1, d).float()
+        xd = dense_x[index[0]].reshape(-1, d).float()
+        cross.addmm_(x.T, xd)
+        dense_gram.addmm_(xd.T, xd)
+        gram.addmm_(x.T, x)
+        raise _StopForward
+
+    handle = layer.register_forward_hook(pair)
+    try:
+        for index[0], (hidden, kwargs) in enumerate(zip(inputs.hidden, inputs.kwargs)):
+            with contextlib.suppress(_StopForward):
+                run_block(block, BlockInputs([hidden], [kwargs]))
+    finally:
+        handle.remove()
+    return Target(cross=cross, gram=dense_gram), gram
