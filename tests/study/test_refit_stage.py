@@ -34,8 +34,11 @@ def test_runs_come_in_the_order_the_goal_needs_and_match_the_other_stages(tmp_pa
     # the reference and the pipeline best at 60% first, at every level: two runs give a level's goal check
     assert labels[:4] == ["sparsegpt (full) | 0.6 | seed 0", "wanda + exact + refit | 0.6 | seed 0",
                           "sparsegpt (full) | 0.7 | seed 0", "wanda + exact + refit | 0.7 | seed 0"]  # fmt: skip
-    assert labels[10:13] == ["sparsegpt mask + exact + refit | 0.6 | seed 0", "wanda + refit | 0.6 | seed 0",
-                             "sparsegpt + refit | 0.6 | seed 0"]  # fmt: skip
+    assert labels[10:15] == ["sparsegpt mask + exact + refit | 0.6 | seed 0", "wanda + refit | 0.6 | seed 0",
+                             "sparsegpt + refit | 0.6 | seed 0", "sparsegpt + refit (damping 0.1) | 0.6 | seed 0",
+                             "sparsegpt + refit (dense target, damping 0.1) | 0.6 | seed 0"]  # fmt: skip
+    assert specs["sparsegpt + refit (dense target, damping 0.1) | 0.6 | seed 0"].refit_target == "dense"
+    assert {specs[f"{p} | 2:4 | seed 1"].refit_damping for p in REFIT_PIPELINES if "damping" in p} == {0.1}
     assert sorted(REFIT_RUN_ORDER) == sorted(REFIT_PIPELINES)
     levels = list(dict.fromkeys(label.split(" | ")[1] for label in labels if " | " in label and "full" not in label))
     assert levels == ["0.6", "0.7", "2:4", "0.5", "0.8"]
@@ -45,7 +48,7 @@ def test_runs_come_in_the_order_the_goal_needs_and_match_the_other_stages(tmp_pa
     # on the full test set, the goal-check pair at every seed before the other two pipelines
     full = [label.split(" | ")[:3] for label in labels if label.endswith("full test set") and label.count(" | ") == 3]
     assert [p for p, _, _ in full[:12]] == ["sparsegpt (full)", "wanda + exact + refit"] * 6
-    assert [s for _, _, s in full[:12:4]] == ["seed 0", "seed 1", "seed 2"] and len(full) == 30
+    assert [s for _, _, s in full[:12:4]] == ["seed 0", "seed 1", "seed 2"] and len(full) == 42
     assert {s.seed for s in specs.values() if s.method != "dense"} == {0, 1, 2}
     assert {s.max_windows for s in specs.values()} == {64, None}
     assert all(s.refit for label, s in specs.items() if "refit" in label.split(" | ")[0])
@@ -72,6 +75,8 @@ def test_the_section_says_where_the_goal_is_met_and_where_not(tmp_path):
             "wanda + exact + refit": 4.8,
             "sparsegpt mask + exact + refit": 4.9,
             "sparsegpt + refit": 4.95,
+            "sparsegpt + refit (damping 0.1)": 4.96,
+            "sparsegpt + refit (dense target, damping 0.1)": 4.97,
         }
         better = base[pipeline] + (0.3 if level == "0.7" and seed == 2 and pipeline != "sparsegpt (full)" else 0.0)
         _store(study, spec, [better + 0.01 * w for w in range(8)])
