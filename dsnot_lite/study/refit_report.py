@@ -19,7 +19,7 @@ from dsnot_lite.study.intervals import paired_difference
 
 REFERENCE = "sparsegpt (full)"
 NO_TRAINING = tuple(p for p in REFIT_PIPELINES if p != REFERENCE)
-PRUNING_PHASES = ("capture", "statistics", "prune", "refine", "refit", "block_forward")
+PRUNING_PHASES = ("capture", "statistics", "dense_forward", "prune", "refine", "refit", "block_forward")
 FULL = "full test set"
 ORDER = ("0.5", "0.6", "0.7", "0.8", "2:4")
 
@@ -58,14 +58,17 @@ def refit_section(results: dict[str, dict], seeds: tuple[int, ...]) -> list[str]
         return []
     groups = organise(results)
     lines = ["## Beyond the mask: re-fitted weights against full SparseGPT (stage `refit`)", "",
-             "Full SparseGPT (OBS weight update) against four no-training pipelines of this library that end "
+             "Full SparseGPT (OBS weight update) against no-training pipelines of this library that end "
              "with `--refit`, the least-squares kept weights on the final mask (`core/refit.py`, SparseGPT's "
-             "damping): Wanda's mask, Wanda's mask refined by the exact refiner, SparseGPT's own mask "
+             "damping unless stated): Wanda's mask, Wanda's mask refined by the exact refiner, SparseGPT's own mask "
              "(no weight update) refined by the exact refiner, and full SparseGPT's mask and updated weights "
-             "(the re-fit starts from them; added last, so some of its runs may still be missing). "
+             "(the re-fit starts from them), the last also with ten times the damping, and with ten times the "
+             "damping aiming at the dense model's outputs (`--refit-target dense`: each layer group re-fitted, "
+             "true-sequential, on the inputs the pruned model feeds it, toward what the dense model computes on "
+             "its own inputs). Pipelines added later may still miss runs. "
              "Perplexity per calibration seed; *vs full SparseGPT*: the paired change with its 95% interval over windows and each seed's own change "
-             "(negative: the pipeline is better); *pruning s*: capture + statistics + prune + refine + refit + "
-             "block forward, *refit s*: the re-fit alone, both the median over seeds (one thread, a shared "
+             "(negative: the pipeline is better); *pruning s*: capture + statistics + dense forward (dense target "
+             "only) + prune + refine + refit + block forward, *refit s*: the re-fit alone, both the median over seeds (one thread, a shared "
              "2-core machine: compare within a run's row, not across rows finished hours apart); *peak MB*: "
              "the run's peak resident memory (median over seeds).", ""]  # fmt: skip
     lines += _goal(groups, seeds)
@@ -167,7 +170,9 @@ def _objective_check(groups) -> list[str]:
     lines = ["**Does the layer objective predict perplexity?** Seed 0, first 64 windows: each run's mean relative "
              "output error over its layers, ||ΔW X|| / ||W X|| on the calibration tokens (what the pruners, refiners "
              "and the re-fit lower, layer by layer), then its perplexity. Each run measures a layer on its own "
-             "inputs, which earlier pruned blocks have changed: a summary, not a controlled comparison.", "",
+             "inputs, which earlier pruned blocks have changed: a summary, not a controlled comparison. A "
+             "dense-target re-fit lowers another error (against the dense model's outputs), so its layer error "
+             "here is expected to be higher.", "",
              "| level | " + " | ".join(f"{p}: error / ppl" for p in REFIT_PIPELINES) + " |",
              "|---|" + "---|" * len(REFIT_PIPELINES), *rows, ""]  # fmt: skip
     if disagree:
