@@ -45,7 +45,7 @@ from dsnot_lite.runs.pipeline import PhaseTimer, prune_model  # noqa: E402
 from dsnot_lite.runs.runner import ModelSession, run  # noqa: E402
 from dsnot_lite.runs.spec import RunSpec  # noqa: E402
 
-PRUNING_PHASES = ("capture", "statistics", "prune", "refine", "refit", "block_forward")
+PRUNING_PHASES = ("capture", "statistics", "dense_forward", "prune", "refine", "refit", "block_forward")
 CONFIGS = {  # label -> RunSpec changes
     "wanda": {},
     "wanda + DSnoT (official)": {"refiner": "dsnot"},
