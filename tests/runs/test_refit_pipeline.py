@@ -123,7 +123,7 @@ def test_the_dense_target_has_its_own_name_key_and_flag_and_needs_refit():
         RunSpec(method="wanda", sparsity=0.5, refit=True, refit_target="teacher")
 
 
-@pytest.mark.parametrize("arch", ["llama", "gemma3"])
+@pytest.mark.parametrize("arch", ["llama", "gemma3", "opt"])
 def test_the_dense_target_equals_the_layer_target_on_the_first_group_and_differs_after(arch):
     """q/k/v of block 0 see the same inputs in the dense and the pruned model, so both targets agree
     there; every later group sees inputs through pruned layers (true-sequential: o_proj through the
