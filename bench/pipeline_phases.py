@@ -55,6 +55,13 @@ CONFIGS = {  # label -> RunSpec changes
     "sparsegpt (full)": {"method": "sparsegpt"},
     "wanda + refit": {"refit": True},
     "wanda + exact + refit": {"refiner": "exact", "refit": True},
+    "sparsegpt + refit": {"method": "sparsegpt", "refit": True},
+    "sparsegpt + refit (dense target, damping 0.1)": {
+        "method": "sparsegpt",
+        "refit": True,
+        "refit_target": "dense",
+        "refit_damping": 0.1,
+    },
 }
 
 
