@@ -56,7 +56,7 @@ CONFIGS = {  # label -> RunSpec changes
     "wanda + refit": {"refit": True},
     "wanda + exact + refit": {"refiner": "exact", "refit": True},
     "sparsegpt + refit": {"method": "sparsegpt", "refit": True},
-    "sparsegpt + refit (dense target, damping 0.1)": {
+    "sparsegpt + refit (dense target; damping 0.1)": {
         "method": "sparsegpt",
         "refit": True,
         "refit_target": "dense",
