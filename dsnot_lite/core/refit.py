@@ -32,8 +32,8 @@ fewer, 0.91x the time on a whole SmolLM2-135M run: ``bench/refit_versions.py``).
 is left is the two products per iteration (a numba kernel fusing the vector steps row by row took
 0.98x their time on 210 stored layers, ``bench/refit_kernel.py`` at commit 543d46e: not kept).
 With a ``Target`` the re-fit aims at the *dense model's* outputs instead of the layer's own (error
-compensation across blocks, as asymmetric calibration does for quantisation, GPTAQ, Li et al. 2025,
-arXiv 2504.02692): with ``X`` the inputs the pruned model feeds the layer and ``X_d`` those the dense
+compensation across blocks, as asymmetric calibration does for quantisation, GPTAQ, Li et al.,
+ICML 2025, arXiv 2504.02692, which also damps by 10% on vision models): with ``X`` the inputs the pruned model feeds the layer and ``X_d`` those the dense
 model feeds it, a row minimises ``||X w'^T - X_d w^T||^2``, whose normal equations differ only on the
 right: ``(G_SS + lambda I) e_S = (w C^T - w_S G)_S``, ``C = X^T X_d``. Without one, ``C = G``.
 CG started from the given weights lowers the damped objective at every iteration; a row whose true

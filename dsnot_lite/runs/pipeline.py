@@ -27,8 +27,9 @@ holding every linear group's inputs), and the block's groups (q/k/v, o, gate/up,
 in call order, each re-fitted on its inputs with the groups before it already pruned
 (``calibration.group_targets``, true-sequential). Fitted against inputs from unpruned upstream
 layers, o_proj and down_proj would compensate the same drift their upstream layers already do:
-on SmolLM2-135M at 2:4 that one-pass version raised the calibration error after block 6 (0.32
-against 0.28 for the layer target) and the perplexity to 1336 (114 with the layer target).
+on SmolLM2-135M at 2:4 that one-pass version (commit 1b23e40) raised the calibration error after
+block 6 (0.32 against 0.28 for the layer target) and the perplexity to 1336 (114 with the layer
+target).
 The masks still come from the one-pass statistics, as in every other run.
 """
 
