@@ -32,9 +32,9 @@ fewer, 0.91x the time on a whole SmolLM2-135M run: ``bench/refit_versions.py``).
 is left is the two products per iteration (a numba kernel fusing the vector steps row by row took
 0.98x their time on 210 stored layers, ``bench/refit_kernel.py`` at commit 543d46e: not kept).
 With a ``Target`` the re-fit aims at the *dense model's* outputs instead of the layer's own (error
-compensation across blocks, as asymmetric calibration does for quantisation, GPTAQ, Li et al.,
-ICML 2025, arXiv 2504.02692, which also damps by 10% on vision models): with ``X`` the inputs the pruned model feeds the layer and ``X_d`` those the dense
-model feeds it, a row minimises ``||X w'^T - X_d w^T||^2``, whose normal equations differ only on the
+compensation across blocks, as asymmetric calibration does for quantisation: GPTAQ, Li et al.,
+ICML 2025, arXiv 2504.02692, which also damps by 10% on vision models): with ``X`` the inputs the
+pruned model feeds the layer and ``X_d`` those the dense model feeds it, a row minimises ``||X w'^T - X_d w^T||^2``, whose normal equations differ only on the
 right: ``(G_SS + lambda I) e_S = (w C^T - w_S G)_S``, ``C = X^T X_d``. Without one, ``C = G``.
 CG started from the given weights lowers the damped objective at every iteration; a row whose true
 error would still end above its start (possible only through the damping term or rounding) keeps
@@ -45,6 +45,7 @@ so N:M blocks are kept.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 
@@ -93,8 +94,8 @@ def refit(
     ``gram`` is ``X^T X`` (any positive multiple gives the same weights); ``start`` is where the
     search starts and what no row may end worse than (default: ``weight`` with the mask applied;
     e.g. full SparseGPT's updated weights); ``target``: fit the dense model's outputs on its own
-    inputs (then the errors are against those, and ``gram`` must be the sum over tokens). Computes in float64 if ``weight`` or ``gram`` is
-    float64, else float32, on ``weight``'s device.
+    inputs (then the errors are against those, and ``gram`` must be the sum over tokens). Computes
+    in float64 if ``weight`` or ``gram`` is float64, else float32, on ``weight``'s device.
     """
     check_weight(weight)
     check_mask(mask, weight)
@@ -107,53 +108,50 @@ def refit(
     device = weight.device
     w, g = weight.to(dtype), gram.to(device=device, dtype=dtype)
     keep = (~mask.to(device)).to(dtype)
-    if target is not None:
-        return _refit_to_target(weight, w, g, keep, start, target, percdamp, tolerance, max_iterations)
-    removed = w * (1 - keep)  # dW: the pruned weights
-    moved = removed @ g  # (G dW)^T, the right-hand side before masking
-    if start is None:  # from the masked weights: w0 - w = -dW, so E_r = dW G dW^T needs no other product
-        w0, e0, initial = w * keep, None, (removed * moved).sum(1)
-    else:
-        w0 = start.to(device=device, dtype=dtype) * keep
-        e0 = (w0 - w) * keep
-        if bool(e0.any()):
-            initial = _row_errors(w0 - w, g)
-        else:  # the start is the masked weights (w0 - w = -dW): as without a start, two products fewer
-            e0, initial = None, (removed * moved).sum(1)
+    problem = _own_outputs if target is None else partial(_dense_outputs, target=target)
+    w0, e0, initial, rhs, row_errors = problem(w, g, keep, start)
     damping = percdamp * float(g.diagonal().mean())
     if damping <= 0:  # no input ever fired: every weight change leaves the output as it is
         return RefitResult(w0.to(weight.dtype), initial, initial.clone(), 0, 0)
     precondition = _preconditioner(g, damping, keep)
-    e, iterations = _masked_cg(g, damping, keep, moved * keep, e0, precondition, tolerance, max_iterations)
+    e, iterations = _masked_cg(g, damping, keep, rhs, e0, precondition, tolerance, max_iterations)
     fitted = (w + e) * keep
-    final = _row_errors(fitted - w, g)
+    final = row_errors(fitted)
     worse = final > initial
     fitted[worse], final[worse] = w0[worse], initial[worse]
     return RefitResult(fitted.to(weight.dtype), initial, final, iterations, int(worse.sum()))
 
 
-def _refit_to_target(weight, w, g, keep, start, target: Target, percdamp, tolerance, max_iterations) -> RefitResult:
-    """``refit`` toward the dense model's outputs: right-hand side ``w C^T - (w keep) G``; row errors
-    ``w' G w'^T - 2 w' C w^T + w G_d w^T`` (``_target_errors``)."""
+def _own_outputs(w, g, keep, start):
+    """The layer's own outputs as the target: the start ``w0``, its change ``e0`` of the kept weights
+    (None: zero), the start's row errors ``E_r``, the right-hand side ``(G dW)_S`` and ``E_r`` itself."""
+    removed = w * (1 - keep)  # dW: the pruned weights
+    moved = removed @ g  # (G dW)^T, the right-hand side before masking
+    if start is None:  # from the masked weights: w0 - w = -dW, so E_r = dW G dW^T needs no other product
+        w0, e0, initial = w * keep, None, (removed * moved).sum(1)
+    else:
+        w0 = start.to(device=w.device, dtype=w.dtype) * keep
+        e0 = (w0 - w) * keep
+        if bool(e0.any()):
+            initial = _row_errors(w0 - w, g)
+        else:  # the start is the masked weights (w0 - w = -dW): as without a start, two products fewer
+            e0, initial = None, (removed * moved).sum(1)
+    return w0, e0, initial, moved * keep, lambda fitted: _row_errors(fitted - w, g)
+
+
+def _dense_outputs(w, g, keep, start, *, target: Target):
+    """The dense model's outputs as the target (``_own_outputs``' five parts): right-hand side
+    ``(w C^T - (w keep) G)_S``; row errors ``w' G w'^T - 2 w' C w^T + w G_d w^T`` (``_target_errors``)."""
     check_gram(target.gram, w.shape[1])
     check_gram(target.cross, w.shape[1])  # the same shape and finiteness rules (not symmetric)
     c, gd = target.cross.to(device=w.device, dtype=w.dtype), target.gram.to(device=w.device, dtype=w.dtype)
     w0 = (w if start is None else start.to(device=w.device, dtype=w.dtype)) * keep
     dense = ((w @ gd) * w).sum(1)  # w G_d w^T: the dense outputs' squared norm, the same for every w'
     aimed = w @ c.T  # (C w^T)^T
-    initial = _target_errors(w0, g, aimed, dense)
-    damping = percdamp * float(g.diagonal().mean())
-    if damping <= 0:
-        return RefitResult(w0.to(weight.dtype), initial, initial.clone(), 0, 0)
     e0 = (w0 - w) * keep
     rhs = (aimed - (w * keep) @ g) * keep
-    precondition = _preconditioner(g, damping, keep)
-    e, iterations = _masked_cg(g, damping, keep, rhs, e0 if bool(e0.any()) else None, precondition, tolerance, max_iterations)
-    fitted = (w + e) * keep
-    final = _target_errors(fitted, g, aimed, dense)
-    worse = final > initial
-    fitted[worse], final[worse] = w0[worse], initial[worse]
-    return RefitResult(fitted.to(weight.dtype), initial, final, iterations, int(worse.sum()))
+    row_errors = lambda fitted: _target_errors(fitted, g, aimed, dense)
+    return w0, e0 if bool(e0.any()) else None, row_errors(w0), rhs, row_errors
 
 
 def _target_errors(fitted: torch.Tensor, g: torch.Tensor, aimed: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:

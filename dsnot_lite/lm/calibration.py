@@ -169,10 +169,15 @@ def collect_stats(
         for h in handles:
             h.remove()
         first_seen.clear()
-    missing = [name for name in linears if name not in owner]
+    _check_all_ran(linears, owner)
+    return {name: stats[owner[name]] for name in linears}
+
+
+def _check_all_ran(linears: dict[str, nn.Linear], seen: dict[str, str]) -> None:
+    """Every linear's hook fired (``seen`` maps each one that did to its group's leader)."""
+    missing = [name for name in linears if name not in seen]
     if missing:
         raise ValueError(f"linear layers {missing} never ran in the block's forward; their inputs cannot be measured")
-    return {name: stats[owner[name]] for name in linears}
 
 
 @dataclass
@@ -218,9 +223,7 @@ def dense_linear_inputs(block: nn.Module, linears: dict[str, nn.Linear], dense_i
     finally:
         for h in handles:
             h.remove()
-    missing = [name for name in linears if name not in leader_of]
-    if missing:
-        raise ValueError(f"linear layers {missing} never ran in the block's forward; their inputs cannot be measured")
+    _check_all_ran(linears, leader_of)
     return DenseInputs(groups, held, outputs)
 
 
