@@ -31,6 +31,7 @@ SparseSwaps (Zimmer et al. 2025, arXiv 2512.10922) studies this refinement at LL
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -71,10 +72,18 @@ class ExactResult:
     swaps: torch.Tensor
     stop_reason: torch.Tensor
     initial_error: torch.Tensor
-    final_error: torch.Tensor
     flips: int
     stop_counts: dict[str, int] = field(default_factory=dict)
     trace: torch.Tensor | None = None
+    _final: torch.Tensor | Callable[[], torch.Tensor] | None = field(default=None, repr=False)
+
+    @property
+    def final_error(self) -> torch.Tensor:
+        """Every row's ``E_r`` on the refined mask, from the weights and Gram matrix as they were
+        given; computed on first use (one product with G, which the pipeline does not need)."""
+        if callable(self._final):
+            self._final = self._final()
+        return self._final
 
 
 @torch.no_grad()
@@ -123,11 +132,13 @@ def exact_refine(
             initial[part], swaps[part], stop[part] = _refine_rows(
                 w[part], g, pruned[part], cfg, nm, blocks, None if history is None else history[:, part]
             )
-    final = squared_errors(w, pruned, g)
+    removed = _removed(w, pruned)  # a new tensor: later changes to the weight or mask do not reach it
+    g_then = g.clone() if g.data_ptr() == gram.data_ptr() else g
     result = ExactResult(
-        mask=pruned, swaps=swaps, stop_reason=stop, initial_error=initial, final_error=final,
+        mask=pruned, swaps=swaps, stop_reason=stop, initial_error=initial,
         flips=int((pruned != mask.to(device)).sum()),
         trace=None if history is None else history[: int(swaps.max()) + 1 if rows else 1],
+        _final=lambda: _errors_of(removed, g_then),
     )  # fmt: skip
     result.stop_counts = {name: int((stop == code).sum()) for code, name in enumerate(STOP_REASONS)}
     return result
@@ -146,13 +157,21 @@ def _use_kernel(kernel: str, device: torch.device, nm: NM | None, chunk_rows: in
 
 def squared_errors(w: torch.Tensor, pruned: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
     """Per row ``E_r = dW_r G dW_r^T`` (in the dtype of ``w`` and ``g``)."""
-    removed = torch.where(pruned, w, torch.zeros((), dtype=w.dtype, device=w.device))
+    return _errors_of(_removed(w, pruned), g)
+
+
+def _removed(w: torch.Tensor, pruned: torch.Tensor) -> torch.Tensor:
+    """``dW``: ``w`` on the pruned entries, zero elsewhere."""
+    return torch.where(pruned, w, torch.zeros((), dtype=w.dtype, device=w.device))
+
+
+def _errors_of(removed: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
     return ((removed @ g) * removed).sum(1)
 
 
 def _start(w: torch.Tensor, pruned: torch.Tensor, g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """``u = dW G`` for the rows of ``w`` and their initial ``E_r = sum_{k in P} W_rk u_k``."""
-    removed = torch.where(pruned, w, torch.zeros((), dtype=w.dtype, device=w.device))
+    removed = _removed(w, pruned)
     u = removed @ g
     return u, (removed * u).sum(1)
 

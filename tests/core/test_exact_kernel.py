@@ -1,6 +1,7 @@
 """The compiled kernel of the exact refiner (``core/exact_kernel.py``) against the torch path: the
 same masks, swaps, stop reasons, errors and traces, bit for bit, on the cases the refiner meets."""
 
+import numpy as np
 import pytest
 import torch
 
@@ -88,3 +89,43 @@ def test_the_kernel_leaves_torchs_thread_count_alone():
         assert torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(before)
+
+
+def _scores(rng, cols, finite_share, levels):
+    """Scores with ties (``levels`` distinct values, or continuous when 0) and +inf entries."""
+    values = rng.standard_normal(cols).astype(np.float32)
+    if levels:
+        values = np.round(values * levels) / np.float32(levels)
+    values[rng.random(cols) > finite_share] = np.inf
+    return values.astype(np.float32)
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_the_shortlist_from_a_bar_is_the_scans(seed):
+    """Later steps take the shortlist from the columns under a bar found by counting; any bar with
+    k scores under it holds the k smallest, so values, columns (ties: earlier first) and counts
+    equal the full scan's, whatever last step's shortlist was: close, stale, or short."""
+    from dsnot_lite.core.exact_kernel import _bar, _shortlist, shortlists
+
+    rng = np.random.default_rng(seed)
+    cols = int(rng.choice([5, 64, 577]))
+    k = int(rng.choice([1, 3, 8]))
+    bars_found = 0
+    for trial in range(40):
+        finite, levels = float(rng.choice([1.0, 0.6, 0.05])), int(rng.choice([0, 4, 50]))
+        grow_score, prune_score = _scores(rng, cols, finite, levels), _scores(rng, cols, finite, levels)
+        drift = np.float32(rng.choice([0.0, 0.01, 1.0]))  # last step's scores: the same, close, or far
+        last = [s + drift * rng.standard_normal(cols).astype(np.float32) for s in (grow_score, prune_score)]
+        gain, grow, cost, prune = np.empty(k, np.float32), np.empty(k, np.int64), np.empty(k, np.float32), np.empty(k, np.int64)
+        n_grow, n_prune = _shortlist(last[0], gain, grow, k), _shortlist(last[1], cost, prune, k)
+        bars_found += bool(_bar(grow_score, gain, n_grow, k) < np.inf)
+        at = np.empty(cols + 1, np.int64), np.empty(cols + 1, np.int64)
+        got = shortlists(grow_score, prune_score, gain, grow, cost, prune, n_grow, n_prune, *at, k)
+        for scores, values, index, count in ((grow_score, gain, grow, got[0]), (prune_score, cost, prune, got[1])):
+            want_values, want_index = np.empty(k, np.float32), np.empty(k, np.int64)
+            want = _shortlist(scores, want_values, want_index, k)
+            assert count == want, f"trial {trial}: {count} entries, the scan has {want}"
+            assert np.array_equal(values[:count], want_values[:want]) and np.array_equal(index[:count], want_index[:want]), (
+                f"trial {trial}: shortlist {index[:count]} (values {values[:count]}), the scan's {want_index[:want]}"
+            )
+    assert bars_found > 10  # the bar path, not only the scan, was exercised
