@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))  # run_context lives beside this script
 
-from run_context import run_context  # noqa: E402
+from run_context import add_heldout_arguments, run_context  # noqa: E402
 
 from dsnot_lite.core.errors import relative_error  # noqa: E402
 from dsnot_lite.core.pruners import sparsegpt_prune  # noqa: E402
@@ -85,17 +85,10 @@ def markdown(result: dict) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="gemma3-270m")
-    parser.add_argument("--sparsity", type=float, default=0.5, help="unstructured level (ignored with --nm)")
-    parser.add_argument("--nm", default="2:4", help="N:M pattern, e.g. 2:4; empty for unstructured")
+    add_heldout_arguments(parser, model="gemma3-270m")
     parser.add_argument("--blocks", default="2,8,14")
     parser.add_argument("--linears", default="self_attn.q_proj,self_attn.o_proj,mlp.down_proj")
     parser.add_argument("--dampings", default="0.01,0.1", help="re-fit dampings (fraction of the mean diagonal of G)")
-    parser.add_argument("--nsamples", type=int, default=16)
-    parser.add_argument("--seqlen", type=int, default=512)
-    parser.add_argument("--heldout", type=int, default=8, help="held-out WikiText-2 validation windows")
-    parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--out", default=str(ROOT / "bench" / "results"))
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)

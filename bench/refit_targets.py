@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))  # run_context lives beside this script
 
-from run_context import run_context  # noqa: E402
+from run_context import add_heldout_arguments, run_context  # noqa: E402
 
 from dsnot_lite.lm.data import c4_documents, calibration_windows, wikitext_rows  # noqa: E402
 from dsnot_lite.lm.models import load_model  # noqa: E402
@@ -80,17 +80,10 @@ def markdown(result: dict) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="smollm2-135m")
-    parser.add_argument("--sparsity", type=float, default=0.5, help="unstructured level (ignored with --nm)")
-    parser.add_argument("--nm", default="2:4", help="N:M pattern, e.g. 2:4; empty for unstructured")
+    add_heldout_arguments(parser, model="smollm2-135m")
     parser.add_argument("--blocks", type=int, default=6, help="prune this many blocks, compare after the last")
     parser.add_argument("--configs", default="layer:0.01,layer:0.1,dense:0.01,dense:0.1", help="target:damping, ...")
-    parser.add_argument("--nsamples", type=int, default=16)
-    parser.add_argument("--seqlen", type=int, default=512)
-    parser.add_argument("--heldout", type=int, default=8, help="held-out WikiText-2 validation windows")
     parser.add_argument("--data-dir", default=None)
-    parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--out", default=str(ROOT / "bench" / "results"))
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)

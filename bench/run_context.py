@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import platform
 import shlex
@@ -24,3 +25,15 @@ def run_context(script: str, argv: list[str] | None) -> dict:
             "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
             "threads": torch.get_num_threads(), "load": ", ".join(f"{x:.1f}" for x in os.getloadavg()),
             "versions": {"torch": torch.__version__, "python": platform.python_version()}}  # fmt: skip
+
+
+def add_heldout_arguments(parser: argparse.ArgumentParser, *, model: str) -> None:
+    """The flags the held-out re-fit benches share: model, level, calibration, held-out windows, threads, output."""
+    parser.add_argument("--model", default=model)
+    parser.add_argument("--sparsity", type=float, default=0.5, help="unstructured level (ignored with --nm)")
+    parser.add_argument("--nm", default="2:4", help="N:M pattern, e.g. 2:4; empty for unstructured")
+    parser.add_argument("--nsamples", type=int, default=16)
+    parser.add_argument("--seqlen", type=int, default=512)
+    parser.add_argument("--heldout", type=int, default=8, help="held-out WikiText-2 validation windows")
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--out", default=str(ROOT / "bench" / "results"))

@@ -4,29 +4,19 @@ from __future__ import annotations
 
 import pytest
 import torch
+from _exercises import assert_solution_passes, assert_stub_not_attempted
 
 from dsnot_lite.core.exact import RELATIVE_TOLERANCE
-from dsnot_lite.tutorial.exercises import checking
 from dsnot_lite.tutorial.exercises import exact as ex
-
-
-@pytest.fixture(autouse=True)
-def _not_strict(monkeypatch):
-    monkeypatch.delenv(checking.STRICT_ENV, raising=False)
 
 
 @pytest.mark.parametrize("name", ["swap_delta", "apply_swap", "exact_step"])
 def test_checker_passes_the_solution(name):
-    verdict = getattr(ex, f"check_{name}")(getattr(ex, name))
-    assert verdict and verdict.attempted and verdict.cases >= 5
+    assert_solution_passes(ex, name)
 
 
 def test_a_stub_is_not_attempted():
-    def stub(*args, **kwargs):
-        raise NotImplementedError("your code here")
-
-    verdict = ex.check_exact_step(stub)
-    assert not verdict and not verdict.attempted
+    assert_stub_not_attempted(ex, "exact_step")
 
 
 def _parts(W, M, G, g, p):

@@ -4,32 +4,22 @@ from __future__ import annotations
 
 import pytest
 import torch
+from _exercises import assert_solution_passes, assert_stub_not_attempted
 
 from dsnot_lite.core.pruners import mask_from_score
-from dsnot_lite.tutorial.exercises import checking
 from dsnot_lite.tutorial.exercises import statistics as ex
 
 NAMES = ["official_statistics", "true_error", "error_split", "nm_mask", "floored_grow_choice"]
 
 
-@pytest.fixture(autouse=True)
-def _not_strict(monkeypatch):
-    monkeypatch.delenv(checking.STRICT_ENV, raising=False)
-
-
 @pytest.mark.parametrize("name", NAMES)
 def test_checker_passes_the_solution(name):
-    verdict = getattr(ex, f"check_{name}")(getattr(ex, name))
-    assert verdict and verdict.attempted and verdict.cases >= 4
+    assert_solution_passes(ex, name, cases=4)
 
 
 @pytest.mark.parametrize("name", NAMES)
 def test_a_stub_is_not_attempted(name):
-    def stub(*args, **kwargs):
-        raise NotImplementedError("your code here")
-
-    verdict = getattr(ex, f"check_{name}")(stub)
-    assert not verdict and not verdict.attempted
+    assert_stub_not_attempted(ex, name)
 
 
 def _rejects(check, wrong, words):
