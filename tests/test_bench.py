@@ -37,3 +37,12 @@ def test_layer_costs_script_loads_with_its_parts():
     costs = _load("layer_costs")
     row = {"section": "layer", "shape": "8x8", "method": "wanda", "median_s": 0.5, "ratio_to_wanda": 1.0, "measured": True}
     assert costs.SHAPES["quick"] and "| 8x8 | wanda | 0.500 | 1.00 |" in costs.write.__globals__["summary_table"]([row])
+
+
+def test_refit_tolerance_refuses_bad_input_before_any_work(tmp_path):
+    tolerance = _load("refit_tolerance")
+    for argv, words in ((["--tolerances", "1e-3,fast"], "must be numbers"), (["--tolerances", "0"], "must be > 0"),
+                        (["--layers", str(tmp_path)], "no stored layers")):  # fmt: skip
+        with pytest.raises(SystemExit, match=words):
+            tolerance.main([*argv, "--out", str(tmp_path / "out")])
+    assert not (tmp_path / "out").exists()
