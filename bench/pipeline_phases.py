@@ -54,6 +54,7 @@ CONFIGS = {  # label -> RunSpec changes
     "wanda + exact (T = 10)": {"refiner": "exact", "exact": ExactConfig(T=10)},
     "sparsegpt (full)": {"method": "sparsegpt"},
     "wanda + refit": {"refit": True},
+    "wanda + refit (tolerance 0.005)": {"refit": True, "refit_tolerance": 0.005},
     "wanda + exact + refit": {"refiner": "exact", "refit": True},
     "sparsegpt + refit": {"method": "sparsegpt", "refit": True},
     "sparsegpt + refit (dense target; damping 0.1)": {

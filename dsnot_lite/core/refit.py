@@ -57,6 +57,12 @@ TOLERANCE = 1e-3  # stop once an iteration gains less than this fraction of all 
 MAX_ITERATIONS = 100
 
 
+def solver(tolerance: float = TOLERANCE) -> str:
+    """The solver's name stored with a re-fitted run: ``SOLVER`` at the default tolerance (so the
+    stored runs keep their keys), the same method with the other tolerance otherwise."""
+    return SOLVER if tolerance == TOLERANCE else f"cg, (G + lambda I)^-1 preconditioner, tolerance {tolerance:g}"
+
+
 @dataclass
 class Target:
     """The dense model's side of the re-fit's target (see the module docstring), sums over tokens."""

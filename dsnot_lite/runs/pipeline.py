@@ -140,7 +140,9 @@ def prune_layer(
             record.error_before_refit = before.relative
         refit_start = time.perf_counter()
         gram = stats.gram if target is None else target_gram
-        fitted = refit(weight, gram, mask, start=new_w, target=target, percdamp=spec.refit_damping)
+        fitted = refit(
+            weight, gram, mask, start=new_w, target=target, percdamp=spec.refit_damping, tolerance=spec.refit_tolerance
+        )
         new_w, record.refit_iterations = fitted.weight, fitted.iterations
         record.refit_seconds = time.perf_counter() - refit_start
     if spec.record_errors:

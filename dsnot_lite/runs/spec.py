@@ -14,8 +14,7 @@ from dataclasses import dataclass, field
 
 from dsnot_lite.core.dsnot import DSnoTConfig, preset, preset_overrides
 from dsnot_lite.core.exact import ExactConfig
-from dsnot_lite.core.refit import PERCDAMP
-from dsnot_lite.core.refit import SOLVER as REFIT_SOLVER
+from dsnot_lite.core.refit import PERCDAMP, TOLERANCE, solver
 
 METHODS = ("dense", "magnitude", "wanda", "sparsegpt")
 REFINERS = ("dsnot", "exact", "dsnot+exact")  # "dsnot+exact": DSnoT, then the exact refiner on its mask
@@ -26,7 +25,8 @@ DTYPES = ("float32", "float16", "bfloat16")
 # Settings that change speed or where output goes, never the result: left out of the cache key.
 SPEED_ONLY = ("eval_batch_size", "data_dir")
 # Settings added after runs were stored, with the value that leaves those runs' keys unchanged.
-KEY_NEUTRAL: dict[str, object] = {"refit": False, "refit_solver": None, "refit_target": "layer", "refit_damping": PERCDAMP}
+KEY_NEUTRAL: dict[str, object] = {"refit": False, "refit_solver": None, "refit_target": "layer", "refit_damping": PERCDAMP,
+                                   "refit_tolerance": TOLERANCE}  # fmt: skip
 # What the re-fit fits (core.refit): the layer's own outputs on the inputs the pruned model feeds it,
 # or the dense model's outputs (its weights on its own inputs: error compensation across blocks).
 REFIT_TARGETS = ("layer", "dense")
@@ -49,6 +49,7 @@ class RunSpec:
     refit: bool = False  # re-fit the kept weights of the final mask by least squares (core.refit), after any refiner
     refit_target: str = "layer"  # with refit: "layer" (its own outputs) or "dense" (the dense model's)
     refit_damping: float = PERCDAMP  # with refit: lambda as a fraction of the mean of diag G (SparseGPT's 0.01)
+    refit_tolerance: float = TOLERANCE  # with refit: CG stops once an iteration gains less than this share of all gained
     nsamples: int = 32  # calibration windows (paper: 128)
     seqlen: int = 512  # tokens per calibration and evaluation window (paper: 2048)
     seed: int = 0  # calibration sampling seed
@@ -121,7 +122,7 @@ class RunSpec:
         fields["preset"] = self.preset if self.dsnot_config else None
         fields["weight_update"] = self.full_sparsegpt
         fields["sparsity"] = 0.0 if self.method == "dense" else self.sparsity
-        fields["refit_solver"] = REFIT_SOLVER if self.refit else None  # a new solver gives new keys: runs are redone
+        fields["refit_solver"] = solver(self.refit_tolerance) if self.refit else None  # a new solver: new keys, runs redone
         return fields
 
     def name(self) -> str:
@@ -139,6 +140,7 @@ class RunSpec:
         parts += ["refit"] if self.refit else []
         parts += ["dense-target"] if self.refit_target == "dense" else []
         parts += [f"damp{self.refit_damping:g}"] if self.refit_damping != PERCDAMP else []
+        parts += [f"tol{self.refit_tolerance:g}"] if self.refit_tolerance != TOLERANCE else []
         if self.method != "dense":
             parts.append(f"{self.nm[0]}_{self.nm[1]}" if self.nm else f"s{round(self.sparsity * 100)}")
         parts += [f"seed{self.seed}"] if self.seed and self.method != "dense" else []
@@ -155,8 +157,10 @@ class RunSpec:
         names = {"dsnot": f"DSnoT ({self.preset})", "exact": "exact"}
         text = " + ".join([self.method] + [names[r] for r in self.refiners])
         text += " (mask only)" if self.method == "sparsegpt" and not self.refiners and not self.weight_update else ""
-        notes = (["dense target"] if self.refit_target == "dense" else []) + (
-            [f"damping {self.refit_damping:g}"] if self.refit_damping != PERCDAMP else []
+        notes = (
+            (["dense target"] if self.refit_target == "dense" else [])
+            + ([f"damping {self.refit_damping:g}"] if self.refit_damping != PERCDAMP else [])
+            + ([f"tolerance {self.refit_tolerance:g}"] if self.refit_tolerance != TOLERANCE else [])
         )
         return text + (" + refit" if self.refit else "") + (f" ({', '.join(notes)})" if notes else "")
 
@@ -208,10 +212,14 @@ def _check(spec: RunSpec) -> None:
                          "or drop --refit")  # fmt: skip
     if spec.refit_target not in REFIT_TARGETS:
         raise ValueError(f"refit_target {spec.refit_target!r} is not one of {REFIT_TARGETS}; fix: choose one of them")
-    if (spec.refit_target != "layer" or spec.refit_damping != PERCDAMP) and not spec.refit:
-        raise ValueError("refit_target and refit_damping set how the re-fit works, but refit is off; fix: add --refit")
+    if (spec.refit_target != "layer" or spec.refit_damping != PERCDAMP or spec.refit_tolerance != TOLERANCE) and not spec.refit:
+        raise ValueError("refit_target, refit_damping and refit_tolerance set how the re-fit works, but refit is off; "
+                         "fix: add --refit")  # fmt: skip
     if not (isinstance(spec.refit_damping, (int, float)) and 0 < spec.refit_damping < float("inf")):
         raise ValueError(f"refit_damping must be a positive number, got {spec.refit_damping!r}; fix: e.g. --refit-damping 0.1")
+    if not (isinstance(spec.refit_tolerance, (int, float)) and 0 < spec.refit_tolerance < 1):
+        raise ValueError(f"refit_tolerance must be a number in (0, 1), got {spec.refit_tolerance!r}; "
+                         "fix: e.g. --refit-tolerance 0.005")  # fmt: skip
     if spec.method == "dense" and spec.refiner:
         raise ValueError("a refiner improves a pruned mask, but method is dense; fix: choose a pruning method")
     if spec.nm is not None:

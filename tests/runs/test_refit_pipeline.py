@@ -11,9 +11,11 @@ import torch
 from _tiny import VOCAB, tiny_loaded
 
 from dsnot_lite.cli import PERCDAMP as CLI_PERCDAMP
+from dsnot_lite.cli import TOLERANCE as CLI_TOLERANCE
 from dsnot_lite.cli import build_parser, run_spec
 from dsnot_lite.core.refit import PERCDAMP as REFIT_PERCDAMP
 from dsnot_lite.core.refit import SOLVER as REFIT_SOLVER
+from dsnot_lite.core.refit import TOLERANCE as REFIT_TOLERANCE
 from dsnot_lite.lm.calibration import capture_block_inputs, dense_linear_inputs, group_targets, run_block
 from dsnot_lite.lm.models import find_linears
 from dsnot_lite.runs.pipeline import prune_model
@@ -44,11 +46,13 @@ def test_one_name_in_spec_run_name_label_key_and_command_line():
     assert plain.replace(refit=True).key() != plain.key()
     # runs stored before the re-fit existed keep their key: refit=False (no solver, the layer target) is left out
     fields = {
-        k: v for k, v in plain.result_fields().items() if k not in ("refit", "refit_solver", "refit_target", "refit_damping")
+        k: v
+        for k, v in plain.result_fields().items()
+        if k not in ("refit", "refit_solver", "refit_target", "refit_damping", "refit_tolerance")
     }
     assert plain.key() == _key_of(fields)
     # a re-fitted run's key names the solver, so runs of an earlier solver are redone, not mixed in
-    refitted = {k: v for k, v in spec.result_fields().items() if k not in ("refit_target", "refit_damping")}
+    refitted = {k: v for k, v in spec.result_fields().items() if k not in ("refit_target", "refit_damping", "refit_tolerance")}
     assert refitted["refit_solver"] == REFIT_SOLVER
     other = {**refitted, "refit_solver": "another solver"}
     assert spec.key() != _key_of(other)
@@ -96,7 +100,7 @@ def test_the_refit_damping_has_its_own_name_key_and_flag_and_defaults_to_sparseg
     assert both.label() == "sparsegpt + refit (dense target, damping 0.1)"
     default = spec.replace(refit_damping=REFIT_PERCDAMP)
     assert default.key() == _key_of(
-        {k: v for k, v in default.result_fields().items() if k not in ("refit_target", "refit_damping")}
+        {k: v for k, v in default.result_fields().items() if k not in ("refit_target", "refit_damping", "refit_tolerance")}
     )
     assert spec.key() != default.key() and CLI_PERCDAMP == REFIT_PERCDAMP
     args = build_parser().parse_args(["run", "--method", "sparsegpt", "--nm", "2:4", "--refit", "--refit-damping", "0.1"])
@@ -110,7 +114,9 @@ def test_the_dense_target_has_its_own_name_key_and_flag_and_needs_refit():
     assert spec.key() != spec.replace(refit_target="layer").key()
     # runs stored before the dense target existed keep their key: refit_target "layer" is left out of it
     layer = spec.replace(refit_target="layer")
-    assert layer.key() == _key_of({k: v for k, v in layer.result_fields().items() if k not in ("refit_target", "refit_damping")})
+    assert layer.key() == _key_of(
+        {k: v for k, v in layer.result_fields().items() if k not in ("refit_target", "refit_damping", "refit_tolerance")}
+    )
     args = build_parser().parse_args(["run", "--method", "sparsegpt", "--nm", "2:4", "--refit", "--refit-target", "dense"])
     assert run_spec(args) == spec
     with pytest.raises(ValueError, match="refit is off"):
@@ -164,3 +170,31 @@ def test_dense_inputs_come_in_call_order_groups_and_group_targets_see_the_pruned
     moved, moved_gram = group_targets(block, o_proj, captured.for_block(0), dense.inputs["self_attn.o_proj"])
     torch.testing.assert_close(moved.gram, target.gram)
     assert float((moved_gram - gram).norm() / gram.norm()) > 1e-2 and not torch.allclose(moved.cross, target.cross)
+
+
+def test_the_refit_tolerance_has_its_own_name_key_solver_and_flag_and_keeps_stored_keys():
+    spec = RunSpec(method="wanda", sparsity=0.6, refit=True, refit_tolerance=0.005)
+    assert spec.name() == "smollm2-135m-wanda-refit-tol0.005-s60" and spec.label() == "wanda + refit (tolerance 0.005)"
+    assert spec.result_fields()["refit_solver"] == "cg, (G + lambda I)^-1 preconditioner, tolerance 0.005"
+    default = spec.replace(refit_tolerance=REFIT_TOLERANCE)
+    assert default.result_fields()["refit_solver"] == REFIT_SOLVER  # the stored runs' solver, so their keys
+    assert default.key() == _key_of(
+        {k: v for k, v in default.result_fields().items() if k not in ("refit_target", "refit_damping", "refit_tolerance")}
+    )
+    assert spec.key() != default.key() and CLI_TOLERANCE == REFIT_TOLERANCE
+    args = build_parser().parse_args(["run", "--method", "wanda", "--sparsity", "0.6", "--refit", "--refit-tolerance", "0.005"])
+    assert run_spec(args) == spec
+    with pytest.raises(ValueError, match="refit is off"):
+        RunSpec(method="wanda", sparsity=0.5, refit_tolerance=0.005)
+    for bad in (0, 1, float("nan")):
+        with pytest.raises(ValueError, match=r"refit_tolerance must be a number in \(0, 1\)"):
+            RunSpec(method="wanda", sparsity=0.5, refit=True, refit_tolerance=bad)
+
+
+def test_a_looser_tolerance_runs_fewer_iterations_in_the_pipeline():
+    spec = RunSpec(method="wanda", sparsity=0.6, refit=True, batch_size=4)
+    iterations = {}
+    for tol in (REFIT_TOLERANCE, 0.2):
+        records = prune_model(tiny_loaded("llama"), calibration(), spec.replace(refit_tolerance=tol), progress=False)
+        iterations[tol] = sum(r.refit_iterations for r in records)
+    assert iterations[0.2] < iterations[REFIT_TOLERANCE]
