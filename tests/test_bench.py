@@ -46,3 +46,12 @@ def test_refit_tolerance_refuses_bad_input_before_any_work(tmp_path):
         with pytest.raises(SystemExit, match=words):
             tolerance.main([*argv, "--out", str(tmp_path / "out")])
     assert not (tmp_path / "out").exists()
+
+
+def test_refit_tolerance_runs_refuses_bad_input_before_any_run(tmp_path):
+    runs = _load("refit_tolerance_runs")
+    for argv, words in ((["--tolerance", "2"], "must be in"), (["--levels", "0.6,half"], "takes sparsities"),
+                        (["--levels", "0.6,0.65"], "has no run"), (["--seeds", "one"], "takes integers")):  # fmt: skip
+        with pytest.raises(SystemExit, match=words):
+            runs.main([*argv, "--out", str(tmp_path / "out")])
+    assert not (tmp_path / "out").exists()
