@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import inspect
 import subprocess
 import sys
 import tempfile
@@ -59,13 +60,18 @@ def compare(other_refit, nsamples: int, seqlen: int) -> dict:
     iterations = {"this": 0, "other": 0}
     state = {"layer": 0, "worst": 0.0}
 
-    def both(weight, gram, mask, start=None):
+    known = set(inspect.signature(other_refit).parameters)
+
+    def both(weight, gram, mask, start=None, **settings):
+        """Both versions on the pipeline's call; the other gets the settings it knows (a run at the
+        defaults: the ones it lacks, e.g. ``target`` before the dense target, are None or default)."""
         kind = TYPES[state["layer"] % 7]
         results = {}
         for version in ("this", "other") if state["layer"] % 2 else ("other", "this"):
             fn = refit if version == "this" else other_refit
+            given = settings if version == "this" else {k: v for k, v in settings.items() if k in known}
             t = time.perf_counter()
-            results[version] = fn(weight, gram, mask, start=start)
+            results[version] = fn(weight, gram, mask, start=start, **given)
             seconds[version][kind] += time.perf_counter() - t
             iterations[version] += results[version].iterations
         a, b = float(results["this"].final_error.sum()), float(results["other"].final_error.sum())
@@ -107,6 +113,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--nsamples", type=int, default=16)
     parser.add_argument("--seqlen", type=int, default=512)
+    parser.add_argument("--label", default="", help="suffix of the output file names")
     parser.add_argument("--out", default=str(ROOT / "bench" / "results"))
     args = parser.parse_args(argv)
     if args.threads:
@@ -116,11 +123,11 @@ def main(argv: list[str] | None = None) -> None:
     result.update(
         run_context("refit_versions.py", argv), against=args.against, setting=f"{args.nsamples} x {args.seqlen} C4 calibration"
     )
-    out = Path(args.out)
-    write_json(result, out / "refit_versions.json")
-    atomic_write_text(out / "refit_versions.md", markdown(result))
+    out, stem = Path(args.out), "refit_versions" + (f"-{args.label}" if args.label else "")
+    write_json(result, out / f"{stem}.json")
+    atomic_write_text(out / f"{stem}.md", markdown(result))
     print(
-        f"wrote {out / 'refit_versions.md'}: {args.against} {result['seconds']['other']:.1f} s, this {result['seconds']['this']:.1f} s"
+        f"wrote {out / f'{stem}.md'}: {args.against} {result['seconds']['other']:.1f} s, this {result['seconds']['this']:.1f} s"
     )
 
 
