@@ -52,18 +52,23 @@ def compare(model: str, pipeline: str, tolerance: float, levels: list, seeds: li
         raise SystemExit(f"error: the study has no run {missing[0]!r}; fix: a level of its refit stage and a seed it runs")
     rows = []
     for level in levels:
+        pairs = []
         for seed in seeds:
             name = f"{pipeline} | {level} | seed {seed}"
             stored = study.cache.run(specs[name])
             looser = mine.run(specs[name].replace(refit_tolerance=tolerance))
             if stored is None or looser is None:
                 raise SystemExit("error: another worker holds one of these runs; fix: wait for it, then run this again")
+            pairs.append((stored, looser))
             diff = paired_difference([stored], [looser])
             seconds = [sum(layer["refit_seconds"] for layer in run["layers"]) for run in (stored, looser)]
             iterations = [sum(layer["refit_iterations"] for layer in run["layers"]) for run in (stored, looser)]
             rows.append({"level": str(level), "seed": seed, "ppl": stored["ppl"], "ppl_looser": looser["ppl"],
                          "change": diff.text(), "refit_s": seconds[0], "refit_s_looser": seconds[1],
                          "iterations": iterations[0], "iterations_looser": iterations[1]})  # fmt: skip
+        if len(pairs) > 1:  # the level over its seeds: per-window differences averaged over seeds
+            pooled = paired_difference([a for a, _ in pairs], [b for _, b in pairs])
+            rows.append({"level": str(level), "seed": "all", "change": pooled.text(seeds), "decided": pooled.decided})
     return rows
 
 
@@ -77,6 +82,10 @@ def markdown(result: dict) -> str:
              "| level | seed | library's tolerance | looser | change | CG iterations | re-fit s |",
              "|---|---|---|---|---|---|---|"]  # fmt: skip
     for row in result["rows"]:
+        if row["seed"] == "all":
+            verdict = "seeds agree, interval excludes 0" if row["decided"] else "not decided (seeds disagree or interval holds 0)"
+            lines.append(f"| {row['level']} | **all** | | | **{row['change']}**: {verdict} | | |")
+            continue
         lines.append(f"| {row['level']} | {row['seed']} | {row['ppl']:.2f} | {row['ppl_looser']:.2f} | {row['change']} | "
                      f"{row['iterations']} -> {row['iterations_looser']} | "
                      f"{row['refit_s']:.1f} -> {row['refit_s_looser']:.1f} |")  # fmt: skip
