@@ -127,16 +127,10 @@ def _candidates(grow_score, prune_score, grow_bar, prune_bar, grow_at, prune_at)
 @numba.njit(cache=True, nogil=True, inline="always")
 def _select(scores, at, n, values, index, k):
     """The ``k`` smallest of ``scores[at[:n]]`` (``n >= k``), ascending, ties to the earlier
-    column, into ``values`` / ``index``: each one's rank among the others (branch-free), or
-    insertion when ``n`` is large. Returns ``k``."""
+    column, into ``values`` / ``index``: each one's rank among the others (branch-free), or the
+    full scan when ``n`` is large (many equal scores at the bar). Returns ``k``."""
     if n > 4 * k:
-        count, bar = 0, _INF
-        for a in range(n):
-            if scores[at[a]] < bar:
-                count = _insert(values, index, count, scores[at[a]], at[a], k)
-                if count == k:
-                    bar = values[k - 1]
-        return count
+        return _shortlist(scores, values, index, k)
     for a in range(n):
         value, rank = scores[at[a]], 0
         for b in range(n):

@@ -34,8 +34,9 @@ is left is the two products per iteration (a numba kernel fusing the vector step
 With a ``Target`` the re-fit aims at the *dense model's* outputs instead of the layer's own (error
 compensation across blocks, as asymmetric calibration does for quantisation: GPTAQ, Li et al.,
 ICML 2025, arXiv 2504.02692, which also damps by 10% on vision models): with ``X`` the inputs the
-pruned model feeds the layer and ``X_d`` those the dense model feeds it, a row minimises ``||X w'^T - X_d w^T||^2``, whose normal equations differ only on the
-right: ``(G_SS + lambda I) e_S = (w C^T - w_S G)_S``, ``C = X^T X_d``. Without one, ``C = G``.
+pruned model feeds the layer and ``X_d`` those the dense model feeds it, a row minimises
+``||X w'^T - X_d w^T||^2``, whose normal equations differ only on the right:
+``(G_SS + lambda I) e_S = (w C^T - w_S G)_S``, ``C = X^T X_d``. Without one, ``C = G``.
 CG started from the given weights lowers the damped objective at every iteration; a row whose true
 error would still end above its start (possible only through the damping term or rounding) keeps
 its start, so **no row's true error rises**. The mask is never changed: pruned weights stay zero,
@@ -51,7 +52,8 @@ import torch
 
 from .checks import all_finite, check_gram, check_mask, check_weight
 
-SOLVER = "cg, (G + lambda I)^-1 preconditioner, tolerance 1e-3"  # stored with every re-fitted run (its key)
+_METHOD = "cg, (G + lambda I)^-1 preconditioner"
+SOLVER = f"{_METHOD}, tolerance 1e-3"  # stored with every re-fitted run (its key)
 PERCDAMP = 0.01  # SparseGPT's damping: this fraction of the mean diagonal of G
 TOLERANCE = 1e-3  # stop once an iteration gains less than this fraction of all gained (see _masked_cg)
 MAX_ITERATIONS = 100
@@ -60,7 +62,7 @@ MAX_ITERATIONS = 100
 def solver(tolerance: float = TOLERANCE) -> str:
     """The solver's name stored with a re-fitted run: ``SOLVER`` at the default tolerance (so the
     stored runs keep their keys), the same method with the other tolerance otherwise."""
-    return SOLVER if tolerance == TOLERANCE else f"cg, (G + lambda I)^-1 preconditioner, tolerance {tolerance:g}"
+    return SOLVER if tolerance == TOLERANCE else f"{_METHOD}, tolerance {tolerance:g}"
 
 
 @dataclass
