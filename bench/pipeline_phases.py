@@ -55,6 +55,7 @@ CONFIGS = {  # label -> RunSpec changes
     "sparsegpt (full)": {"method": "sparsegpt"},
     "wanda + refit": {"refit": True},
     "wanda + refit (tolerance 0.005)": {"refit": True, "refit_tolerance": 0.005},
+    "wanda + refit (bf16 products)": {"refit": True, "refit_precision": "bf16"},
     "wanda + exact + refit": {"refiner": "exact", "refit": True},
     "sparsegpt + refit": {"method": "sparsegpt", "refit": True},
     "sparsegpt + refit (dense target; damping 0.1)": {

@@ -27,6 +27,7 @@ EXIT_FAULT = 1  # the machine failed us (a full disk), not the input
 CRITERIA = ("eq2", "eq3", "wanda", "magnitude")  # core.dsnot.GROW_CRITERIA, without importing torch
 PERCDAMP = 0.01  # core.refit.PERCDAMP, without importing torch
 TOLERANCE = 1e-3  # core.refit.TOLERANCE, without importing torch
+PRECISIONS = ("float32", "bf16")  # core.refit.PRECISIONS, without importing torch
 DSNOT_KNOBS = {"T": "--T", "eps": "--eps", "grow": "--grow", "prune": "--prune", "var_power": "--var-power",
                "var_floor": "--var-floor", "sign_check": "--sign-check", "T_width": "--T-width"}  # fmt: skip
 
@@ -77,6 +78,13 @@ def _add_run(sub) -> None:
         default=TOLERANCE,
         help="--refit's conjugate gradients stop once an iteration gains less than this share of all gained "
         "(default 0.001; 0.005 takes about 0.8x the time: bench/results/refit_tolerance.md)",
+    )
+    p.add_argument(
+        "--refit-precision",
+        default="float32",
+        choices=PRECISIONS,
+        help="--refit's matrix products: float32, or bf16 (faster on a CPU with AMX or a GPU, slower without; "
+        "bench/results/refit_precision.md)",
     )
     knobs = p.add_argument_group("refiner knobs (each overrides the preset; default: the preset's)")
     knobs.add_argument("--T", type=int, default=None, help="most swaps per row, DSnoT and exact (paper: 50)")
@@ -168,7 +176,8 @@ def run_spec(args):
         model=args.model, method=args.method, sparsity=args.sparsity or 0.0, nm=nm, refiner=refiner,
         preset=args.preset, dsnot=_dsnot_config(args, refiner), exact=_exact_config(args, refiner),
         weight_update=not args.no_weight_update, refit=args.refit, refit_target=args.refit_target,
-        refit_damping=args.refit_damping, refit_tolerance=args.refit_tolerance, nsamples=args.nsamples,
+        refit_damping=args.refit_damping, refit_tolerance=args.refit_tolerance,
+        refit_precision=args.refit_precision, nsamples=args.nsamples,
         seqlen=args.seqlen, seed=args.seed,
         max_windows=args.max_windows, eval_split=args.eval_split, blocks=args.blocks, attn=args.attn,
         device=args.device, dtype=args.dtype, batch_size=args.batch_size, record_errors=args.record_errors,

@@ -55,3 +55,11 @@ def test_refit_tolerance_runs_refuses_bad_input_before_any_run(tmp_path):
         with pytest.raises(SystemExit, match=words):
             runs.main([*argv, "--out", str(tmp_path / "out")])
     assert not (tmp_path / "out").exists()
+
+
+def test_refit_precision_refuses_bad_input_before_any_work(tmp_path):
+    precision = _load("refit_precision")
+    for argv, words in ((["--rounds", "0"], "must be >= 1"), (["--layers", str(tmp_path)], "no stored layers")):
+        with pytest.raises(SystemExit, match=words):
+            precision.main([*argv, "--out", str(tmp_path / "out")])
+    assert not (tmp_path / "out").exists()

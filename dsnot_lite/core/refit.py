@@ -37,6 +37,11 @@ ICML 2025, arXiv 2504.02692, which also damps by 10% on vision models): with ``X
 pruned model feeds the layer and ``X_d`` those the dense model feeds it, a row minimises
 ``||X w'^T - X_d w^T||^2``, whose normal equations differ only on the right:
 ``(G_SS + lambda I) e_S = (w C^T - w_S G)_S``, ``C = X^T X_d``. Without one, ``C = G``.
+With ``precision="bf16"`` the CG's two products run on bf16 inputs (on a CPU with AMX, or a GPU,
+several times faster): the preconditioner's product as is, the product ``d G`` as three bf16
+products of a head and a tail of each factor (``_curvature_product``: about 16 bits of the inputs
+kept, where one bf16 product keeps 8 and, on some layers, loses nearly all the gain:
+``bench/results/refit_precision.md``); starting residual and errors stay float32.
 CG started from the given weights lowers the damped objective at every iteration; a row whose true
 error would still end above its start (possible only through the damping term or rounding) keeps
 its start, so **no row's true error rises**. The mask is never changed: pruned weights stay zero,
@@ -57,12 +62,15 @@ SOLVER = f"{_METHOD}, tolerance 1e-3"  # stored with every re-fitted run (its ke
 PERCDAMP = 0.01  # SparseGPT's damping: this fraction of the mean diagonal of G
 TOLERANCE = 1e-3  # stop once an iteration gains less than this fraction of all gained (see _masked_cg)
 MAX_ITERATIONS = 100
+PRECISIONS = ("float32", "bf16")  # of the CG's two matrix products (see the module docstring)
 
 
-def solver(tolerance: float = TOLERANCE) -> str:
-    """The solver's name stored with a re-fitted run: ``SOLVER`` at the default tolerance (so the
-    stored runs keep their keys), the same method with the other tolerance otherwise."""
-    return SOLVER if tolerance == TOLERANCE else f"{_METHOD}, tolerance {tolerance:g}"
+def solver(tolerance: float = TOLERANCE, precision: str = "float32") -> str:
+    """The solver's name stored with a re-fitted run: ``SOLVER`` at the default tolerance and
+    precision (so the stored runs keep their keys), the same method with the others named otherwise."""
+    if tolerance == TOLERANCE and precision == "float32":
+        return SOLVER
+    return f"{_METHOD}, tolerance {tolerance:g}" + (f", {precision} products" if precision != "float32" else "")
 
 
 @dataclass
@@ -96,6 +104,7 @@ def refit(
     percdamp: float = PERCDAMP,
     tolerance: float = TOLERANCE,
     max_iterations: int = MAX_ITERATIONS,
+    precision: str = "float32",
 ) -> RefitResult:
     """Least-squares kept weights of the dense ``weight`` on ``mask`` (True = pruned).
 
@@ -103,7 +112,8 @@ def refit(
     search starts and what no row may end worse than (default: ``weight`` with the mask applied;
     e.g. full SparseGPT's updated weights); ``target``: fit the dense model's outputs on its own
     inputs (then the errors are against those, and ``gram`` must be the sum over tokens). Computes
-    in float64 if ``weight`` or ``gram`` is float64, else float32, on ``weight``'s device.
+    in float64 if ``weight`` or ``gram`` is float64, else float32, on ``weight``'s device;
+    ``precision`` "bf16": the CG's products in bf16 (float32 inputs only).
     """
     check_weight(weight)
     check_mask(mask, weight)
@@ -113,6 +123,11 @@ def refit(
     if not percdamp >= 0 or not tolerance > 0 or max_iterations < 0:
         raise ValueError("percdamp must be >= 0, tolerance > 0 and max_iterations >= 0; fix: keep the defaults")
     dtype = torch.float64 if torch.float64 in (weight.dtype, gram.dtype) else torch.float32
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision {precision!r} is not one of {PRECISIONS}; fix: choose one of them")
+    if precision != "float32" and dtype == torch.float64:
+        raise ValueError(f"precision {precision!r} rounds the CG's products, but the weight or Gram matrix is float64; "
+                         "fix: pass float32 tensors, or keep precision='float32'")  # fmt: skip
     device = weight.device
     w, g = weight.to(dtype), gram.to(device=device, dtype=dtype)
     keep = (~mask.to(device)).to(dtype)
@@ -121,8 +136,8 @@ def refit(
     damping = percdamp * float(g.diagonal().mean())
     if damping <= 0:  # no input ever fired: every weight change leaves the output as it is
         return RefitResult(w0.to(weight.dtype), initial, initial.clone(), 0, 0)
-    precondition = _preconditioner(g, damping, keep)
-    e, iterations = _masked_cg(g, damping, keep, rhs, e0, precondition, tolerance, max_iterations)
+    precondition, curvature = _preconditioner(g, damping, precision), _curvature_product(g, precision)
+    e, iterations = _masked_cg(g, damping, keep, rhs, e0, precondition, curvature, tolerance, max_iterations)
     fitted = (w + e) * keep
     final = row_errors(fitted)
     worse = final > initial
@@ -167,27 +182,53 @@ def _target_errors(fitted: torch.Tensor, g: torch.Tensor, aimed: torch.Tensor, d
     return (((fitted @ g) * fitted).sum(1) - 2 * (fitted * aimed).sum(1) + dense).clamp_min(0)
 
 
-def _preconditioner(g: torch.Tensor, damping: float, keep: torch.Tensor):
+def _preconditioner(g: torch.Tensor, damping: float, precision: str):
     """``(r, out) -> r (G + lambda I)^-1`` into ``out``, masked by the caller to the kept columns:
     for each row the kept block of the damped inverse, a principal block of an SPD matrix, so SPD on
     the row's kept columns; the diagonal ``r / (diag G + lambda)`` if the Cholesky factor fails (a
-    Gram matrix too ill-conditioned in float32)."""
+    Gram matrix too ill-conditioned in float32). ``precision`` "bf16": the product on bf16 inputs."""
     factor, info = torch.linalg.cholesky_ex(g + damping * torch.eye(g.shape[0], dtype=g.dtype, device=g.device))
     inverse = torch.cholesky_inverse(factor) if int(info) == 0 else None
     if inverse is None or not all_finite(inverse):
         inverse_diag = 1 / (g.diagonal() + damping)
         return lambda r, out: torch.mul(r, inverse_diag, out=out)
+    if precision == "bf16":
+        inverse = inverse.to(torch.bfloat16)
+        return lambda r, out: out.copy_(torch.mm(r.to(torch.bfloat16), inverse))
     return lambda r, out: torch.mm(r, inverse, out=out)
 
 
-def _masked_cg(g, damping, keep, rhs, e, precondition, tolerance, max_iterations) -> tuple[torch.Tensor, int]:
+def _curvature_product(g: torch.Tensor, precision: str):
+    """``(d, out) -> d G`` into ``out``. ``precision`` "bf16": ``head_d head_G + head_d tail_G +
+    tail_d head_G`` (``_split``), one bf16 product with float32 accumulation (the result rounded to
+    bf16: torch's bf16 product returns bf16)."""
+    if precision == "float32":
+        return lambda d, out: torch.mm(d, g, out=out)
+    head, tail = _split(g)
+    stacked = torch.cat([head, tail, head])  # (3d x d), against [head_d, head_d, tail_d] (n x 3d)
+
+    def product(d: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        d_head, d_tail = _split(d)
+        return out.copy_(torch.mm(torch.cat([d_head, d_head, d_tail], 1), stacked))
+
+    return product
+
+
+def _split(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``x`` as a bf16 head and the bf16 rounding of what the head misses (``head + tail`` keeps
+    about 16 bits of ``x``)."""
+    head = x.to(torch.bfloat16)
+    return head, (x - head.to(x.dtype)).to(torch.bfloat16)
+
+
+def _masked_cg(g, damping, keep, rhs, e, precondition, curvature, tolerance, max_iterations) -> tuple[torch.Tensor, int]:
     """Solve ``(e G) * keep + damping e = rhs`` for every row ``e`` supported on ``keep``, by
     preconditioned conjugate gradients from ``e`` (None: from 0); returns the solution and the iterations.
 
     Each iteration lowers the damped objective of every row by ``alpha r.z``; the search stops once
     an iteration lowers the layer's total by less than ``tolerance`` of what all iterations did.
     The direction is supported on ``keep``, so ``(d G) * keep + damping d = (d G + damping d) * keep``.
-    Per iteration: the product ``d G``, ``_curvature_step``, the preconditioner's product,
+    Per iteration: the product ``d G`` (``curvature``), ``_curvature_step``, the preconditioner's product,
     ``_direction_step``, every buffer allocated once and updated in place.
     """
     if e is None:
@@ -199,7 +240,7 @@ def _masked_cg(g, damping, keep, rhs, e, precondition, tolerance, max_iterations
     _direction_step(precondition(residual, z), residual, direction, keep, rz)
     gained = 0.0
     for iteration in range(max_iterations):
-        step = float(_curvature_step(torch.mm(direction, g, out=q), direction, e, residual, keep, rz, damping).sum())
+        step = float(_curvature_step(curvature(direction, q), direction, e, residual, keep, rz, damping).sum())
         gained += step
         if step <= tolerance * gained:
             return e, iteration + 1

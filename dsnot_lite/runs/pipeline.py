@@ -141,8 +141,9 @@ def prune_layer(
         refit_start = time.perf_counter()
         gram = stats.gram if target is None else target_gram
         fitted = refit(
-            weight, gram, mask, start=new_w, target=target, percdamp=spec.refit_damping, tolerance=spec.refit_tolerance
-        )
+            weight, gram, mask, start=new_w, target=target, percdamp=spec.refit_damping, tolerance=spec.refit_tolerance,
+            precision=spec.refit_precision,
+        )  # fmt: skip
         new_w, record.refit_iterations = fitted.weight, fitted.iterations
         record.refit_seconds = time.perf_counter() - refit_start
     if spec.record_errors:

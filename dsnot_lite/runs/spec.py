@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 from dsnot_lite.core.dsnot import DSnoTConfig, preset, preset_overrides
 from dsnot_lite.core.exact import ExactConfig
-from dsnot_lite.core.refit import PERCDAMP, TOLERANCE, solver
+from dsnot_lite.core.refit import PERCDAMP, PRECISIONS, TOLERANCE, solver
 
 METHODS = ("dense", "magnitude", "wanda", "sparsegpt")
 REFINERS = ("dsnot", "exact", "dsnot+exact")  # "dsnot+exact": DSnoT, then the exact refiner on its mask
@@ -26,10 +26,11 @@ DTYPES = ("float32", "float16", "bfloat16")
 SPEED_ONLY = ("eval_batch_size", "data_dir")
 # Settings added after runs were stored, with the value that leaves those runs' keys unchanged.
 KEY_NEUTRAL: dict[str, object] = {"refit": False, "refit_solver": None, "refit_target": "layer", "refit_damping": PERCDAMP,
-                                   "refit_tolerance": TOLERANCE}  # fmt: skip
+                                   "refit_tolerance": TOLERANCE, "refit_precision": "float32"}  # fmt: skip
 # What the re-fit fits (core.refit): the layer's own outputs on the inputs the pruned model feeds it,
 # or the dense model's outputs (its weights on its own inputs: error compensation across blocks).
 REFIT_TARGETS = ("layer", "dense")
+REFIT_KNOBS = ("refit_target", "refit_damping", "refit_tolerance", "refit_precision")  # settings that need refit on
 _UNSET = object()
 
 
@@ -50,6 +51,7 @@ class RunSpec:
     refit_target: str = "layer"  # with refit: "layer" (its own outputs) or "dense" (the dense model's)
     refit_damping: float = PERCDAMP  # with refit: lambda as a fraction of the mean of diag G (SparseGPT's 0.01)
     refit_tolerance: float = TOLERANCE  # with refit: CG stops once an iteration gains less than this share of all gained
+    refit_precision: str = "float32"  # with refit: the CG's matrix products in float32 or bf16 (faster with AMX or a GPU)
     nsamples: int = 32  # calibration windows (paper: 128)
     seqlen: int = 512  # tokens per calibration and evaluation window (paper: 2048)
     seed: int = 0  # calibration sampling seed
@@ -122,7 +124,9 @@ class RunSpec:
         fields["preset"] = self.preset if self.dsnot_config else None
         fields["weight_update"] = self.full_sparsegpt
         fields["sparsity"] = 0.0 if self.method == "dense" else self.sparsity
-        fields["refit_solver"] = solver(self.refit_tolerance) if self.refit else None  # a new solver: new keys, runs redone
+        fields["refit_solver"] = (
+            solver(self.refit_tolerance, self.refit_precision) if self.refit else None
+        )  # a new solver: new keys, runs redone
         return fields
 
     def name(self) -> str:
@@ -141,6 +145,7 @@ class RunSpec:
         parts += ["dense-target"] if self.refit_target == "dense" else []
         parts += [f"damp{self.refit_damping:g}"] if self.refit_damping != PERCDAMP else []
         parts += [f"tol{self.refit_tolerance:g}"] if self.refit_tolerance != TOLERANCE else []
+        parts += [self.refit_precision] if self.refit_precision != "float32" else []
         if self.method != "dense":
             parts.append(f"{self.nm[0]}_{self.nm[1]}" if self.nm else f"s{round(self.sparsity * 100)}")
         parts += [f"seed{self.seed}"] if self.seed and self.method != "dense" else []
@@ -161,6 +166,7 @@ class RunSpec:
             (["dense target"] if self.refit_target == "dense" else [])
             + ([f"damping {self.refit_damping:g}"] if self.refit_damping != PERCDAMP else [])
             + ([f"tolerance {self.refit_tolerance:g}"] if self.refit_tolerance != TOLERANCE else [])
+            + ([f"{self.refit_precision} products"] if self.refit_precision != "float32" else [])
         )
         return text + (" + refit" if self.refit else "") + (f" ({', '.join(notes)})" if notes else "")
 
@@ -199,7 +205,8 @@ def knob_label(name: str, value) -> str:
 
 def _check(spec: RunSpec) -> None:
     """Every rule a run's settings must satisfy, each with its fix."""
-    choices = (("method", METHODS), ("preset", PRESETS), ("eval_split", EVAL_SPLITS), ("attn", ATTENTION))
+    choices = (("method", METHODS), ("preset", PRESETS), ("eval_split", EVAL_SPLITS), ("attn", ATTENTION),
+               ("refit_precision", PRECISIONS))  # fmt: skip
     for name, allowed in choices:
         if getattr(spec, name) not in allowed:
             raise ValueError(f"{name} {getattr(spec, name)!r} is not one of {allowed}; fix: choose one of them")
@@ -212,9 +219,8 @@ def _check(spec: RunSpec) -> None:
                          "or drop --refit")  # fmt: skip
     if spec.refit_target not in REFIT_TARGETS:
         raise ValueError(f"refit_target {spec.refit_target!r} is not one of {REFIT_TARGETS}; fix: choose one of them")
-    if (spec.refit_target != "layer" or spec.refit_damping != PERCDAMP or spec.refit_tolerance != TOLERANCE) and not spec.refit:
-        raise ValueError("refit_target, refit_damping and refit_tolerance set how the re-fit works, but refit is off; "
-                         "fix: add --refit")  # fmt: skip
+    if not spec.refit and any(getattr(spec, name) != KEY_NEUTRAL[name] for name in REFIT_KNOBS):
+        raise ValueError(f"{', '.join(REFIT_KNOBS)} set how the re-fit works, but refit is off; fix: add --refit")
     if not (isinstance(spec.refit_damping, (int, float)) and 0 < spec.refit_damping < float("inf")):
         raise ValueError(f"refit_damping must be a positive number, got {spec.refit_damping!r}; fix: e.g. --refit-damping 0.1")
     if not (isinstance(spec.refit_tolerance, (int, float)) and 0 < spec.refit_tolerance < 1):

@@ -11,15 +11,19 @@ import torch
 from _tiny import VOCAB, tiny_loaded
 
 from dsnot_lite.cli import PERCDAMP as CLI_PERCDAMP
+from dsnot_lite.cli import PRECISIONS as CLI_PRECISIONS
 from dsnot_lite.cli import TOLERANCE as CLI_TOLERANCE
 from dsnot_lite.cli import build_parser, run_spec
 from dsnot_lite.core.refit import PERCDAMP as REFIT_PERCDAMP
+from dsnot_lite.core.refit import PRECISIONS as REFIT_PRECISIONS
 from dsnot_lite.core.refit import SOLVER as REFIT_SOLVER
 from dsnot_lite.core.refit import TOLERANCE as REFIT_TOLERANCE
 from dsnot_lite.lm.calibration import capture_block_inputs, dense_linear_inputs, group_targets, run_block
 from dsnot_lite.lm.models import find_linears
 from dsnot_lite.runs.pipeline import prune_model
 from dsnot_lite.runs.spec import RunSpec
+
+NEUTRAL = ("refit_target", "refit_damping", "refit_tolerance", "refit_precision")  # left out of the key at their defaults
 
 
 def calibration(seed: int = 1) -> torch.Tensor:
@@ -45,14 +49,10 @@ def test_one_name_in_spec_run_name_label_key_and_command_line():
     plain = RunSpec(method="wanda", sparsity=0.6)
     assert plain.replace(refit=True).key() != plain.key()
     # runs stored before the re-fit existed keep their key: refit=False (no solver, the layer target) is left out
-    fields = {
-        k: v
-        for k, v in plain.result_fields().items()
-        if k not in ("refit", "refit_solver", "refit_target", "refit_damping", "refit_tolerance")
-    }
+    fields = {k: v for k, v in plain.result_fields().items() if k not in ("refit", "refit_solver", *NEUTRAL)}
     assert plain.key() == _key_of(fields)
     # a re-fitted run's key names the solver, so runs of an earlier solver are redone, not mixed in
-    refitted = {k: v for k, v in spec.result_fields().items() if k not in ("refit_target", "refit_damping", "refit_tolerance")}
+    refitted = {k: v for k, v in spec.result_fields().items() if k not in NEUTRAL}
     assert refitted["refit_solver"] == REFIT_SOLVER
     other = {**refitted, "refit_solver": "another solver"}
     assert spec.key() != _key_of(other)
@@ -99,9 +99,7 @@ def test_the_refit_damping_has_its_own_name_key_and_flag_and_defaults_to_sparseg
     both = spec.replace(refit_target="dense")
     assert both.label() == "sparsegpt + refit (dense target, damping 0.1)"
     default = spec.replace(refit_damping=REFIT_PERCDAMP)
-    assert default.key() == _key_of(
-        {k: v for k, v in default.result_fields().items() if k not in ("refit_target", "refit_damping", "refit_tolerance")}
-    )
+    assert default.key() == _key_of({k: v for k, v in default.result_fields().items() if k not in NEUTRAL})
     assert spec.key() != default.key() and CLI_PERCDAMP == REFIT_PERCDAMP
     args = build_parser().parse_args(["run", "--method", "sparsegpt", "--nm", "2:4", "--refit", "--refit-damping", "0.1"])
     assert run_spec(args) == spec
@@ -114,9 +112,7 @@ def test_the_dense_target_has_its_own_name_key_and_flag_and_needs_refit():
     assert spec.key() != spec.replace(refit_target="layer").key()
     # runs stored before the dense target existed keep their key: refit_target "layer" is left out of it
     layer = spec.replace(refit_target="layer")
-    assert layer.key() == _key_of(
-        {k: v for k, v in layer.result_fields().items() if k not in ("refit_target", "refit_damping", "refit_tolerance")}
-    )
+    assert layer.key() == _key_of({k: v for k, v in layer.result_fields().items() if k not in NEUTRAL})
     args = build_parser().parse_args(["run", "--method", "sparsegpt", "--nm", "2:4", "--refit", "--refit-target", "dense"])
     assert run_spec(args) == spec
     with pytest.raises(ValueError, match="refit is off"):
@@ -178,9 +174,7 @@ def test_the_refit_tolerance_has_its_own_name_key_solver_and_flag_and_keeps_stor
     assert spec.result_fields()["refit_solver"] == "cg, (G + lambda I)^-1 preconditioner, tolerance 0.005"
     default = spec.replace(refit_tolerance=REFIT_TOLERANCE)
     assert default.result_fields()["refit_solver"] == REFIT_SOLVER  # the stored runs' solver, so their keys
-    assert default.key() == _key_of(
-        {k: v for k, v in default.result_fields().items() if k not in ("refit_target", "refit_damping", "refit_tolerance")}
-    )
+    assert default.key() == _key_of({k: v for k, v in default.result_fields().items() if k not in NEUTRAL})
     assert spec.key() != default.key() and CLI_TOLERANCE == REFIT_TOLERANCE
     args = build_parser().parse_args(["run", "--method", "wanda", "--sparsity", "0.6", "--refit", "--refit-tolerance", "0.005"])
     assert run_spec(args) == spec
@@ -198,3 +192,34 @@ def test_a_looser_tolerance_runs_fewer_iterations_in_the_pipeline():
         records = prune_model(tiny_loaded("llama"), calibration(), spec.replace(refit_tolerance=tol), progress=False)
         iterations[tol] = sum(r.refit_iterations for r in records)
     assert iterations[0.2] < iterations[REFIT_TOLERANCE]
+
+
+def test_the_refit_precision_has_its_own_name_key_solver_and_flag_and_keeps_stored_keys():
+    spec = RunSpec(method="wanda", sparsity=0.6, refiner="exact", refit=True, refit_precision="bf16")
+    assert spec.name() == "smollm2-135m-wanda-exact-refit-bf16-s60" and spec.label() == "wanda + exact + refit (bf16 products)"
+    assert spec.result_fields()["refit_solver"] == "cg, (G + lambda I)^-1 preconditioner, tolerance 0.001, bf16 products"
+    default = spec.replace(refit_precision="float32")
+    assert default.result_fields()["refit_solver"] == REFIT_SOLVER
+    assert default.key() == _key_of({k: v for k, v in default.result_fields().items() if k not in NEUTRAL})
+    assert spec.key() != default.key() and CLI_PRECISIONS == REFIT_PRECISIONS
+    argv = ["run", "--method", "wanda", "--sparsity", "0.6", "--refiner", "exact", "--refit", "--refit-precision", "bf16"]
+    assert run_spec(build_parser().parse_args(argv)) == spec
+    with pytest.raises(ValueError, match="refit is off"):
+        RunSpec(method="wanda", sparsity=0.5, refit_precision="bf16")
+    with pytest.raises(ValueError, match=r"refit_precision 'fp16' is not one of \('float32', 'bf16'\)"):
+        RunSpec(method="wanda", sparsity=0.5, refit=True, refit_precision="fp16")
+
+
+def test_bf16_products_in_the_pipeline_keep_the_masks_and_nearly_the_float32_errors():
+    spec = RunSpec(method="wanda", sparsity=0.6, refit=True, batch_size=4, record_errors=True)
+    runs = {}
+    for precision in REFIT_PRECISIONS:
+        loaded = tiny_loaded("llama")
+        records = prune_model(loaded, calibration(), spec.replace(refit_precision=precision), progress=False)
+        runs[precision] = (records, weights(loaded))
+    (full, full_w), (fast, fast_w) = runs["float32"], runs["bf16"]
+    first = [k for k in full_w if k.startswith("0.")]  # later blocks see inputs that the re-fits changed
+    assert all(torch.equal(full_w[k] == 0, fast_w[k] == 0) for k in first)  # the same masks, kept weights moved
+    assert all(not torch.equal(full_w[k], fast_w[k]) for k in first)
+    assert all(b.error_final <= b.error_before_refit for b in fast)
+    assert all(b.error_final <= 1.01 * a.error_final for a, b in zip(full[: len(first)], fast[: len(first)]))
