@@ -206,10 +206,17 @@ def _curvature_product(g: torch.Tensor, precision: str):
         return lambda d, out: torch.mm(d, g, out=out)
     head, tail = _split(g)
     stacked = torch.cat([head, tail, head])  # (3d x d), against [head_d, head_d, tail_d] (n x 3d)
+    size = g.shape[0]
+    inputs: list[torch.Tensor] = []  # [head_d, head_d, tail_d], allocated on the first call
 
     def product(d: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-        d_head, d_tail = _split(d)
-        return out.copy_(torch.mm(torch.cat([d_head, d_head, d_tail], 1), stacked))
+        if not inputs:
+            inputs.append(torch.empty(d.shape[0], 3 * size, dtype=torch.bfloat16, device=d.device))
+        both = inputs[0]
+        both[:, :size].copy_(d)  # _split(d) in place: the head, then the tail from d - head (out as scratch)
+        both[:, 2 * size :].copy_(torch.sub(d, both[:, :size], out=out))
+        both[:, size : 2 * size].copy_(both[:, :size])
+        return out.copy_(torch.mm(both, stacked))
 
     return product
 
