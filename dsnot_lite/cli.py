@@ -83,7 +83,7 @@ def _add_run(sub) -> None:
         "--refit-precision",
         default="float32",
         choices=PRECISIONS,
-        help="--refit's matrix products: float32, or bf16 (faster on a CPU with AMX or a GPU, slower without; "
+        help="--refit's matrix products: float32, or bf16 (0.76x the time on a CPU with AMX bf16; likely slower without; "
         "bench/results/refit_precision.md)",
     )
     knobs = p.add_argument_group("refiner knobs (each overrides the preset; default: the preset's)")
