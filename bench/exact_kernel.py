@@ -24,10 +24,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))  # run_context lives beside this script
 
-from run_context import run_context  # noqa: E402
+from run_context import run_context, write_result  # noqa: E402
 
 from dsnot_lite.core.exact import ExactConfig, exact_refine  # noqa: E402
-from dsnot_lite.runs.io import atomic_write_text, write_json  # noqa: E402
 
 LAYERS = ROOT / "results" / "bench" / "exact-layers"
 TYPES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -145,10 +144,8 @@ def main(argv: list[str] | None = None) -> None:
         torch.set_num_threads(args.threads)
     result = compare(Path(args.layers))
     result.update(run_context("exact_kernel.py", argv))
-    out = Path(args.out)
-    write_json(result, out / "exact_kernel.json")
-    atomic_write_text(out / "exact_kernel.md", markdown(result, result["command"]))
-    print(f"wrote {out / 'exact_kernel.md'}: torch {result['wall']['torch']:.1f} s, kernel {result['wall']['numba']:.1f} s")
+    report = write_result(result, Path(args.out), "exact_kernel", markdown(result, result["command"]))
+    print(f"wrote {report}: torch {result['wall']['torch']:.1f} s, kernel {result['wall']['numba']:.1f} s")
 
 
 if __name__ == "__main__":

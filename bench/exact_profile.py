@@ -30,11 +30,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))  # run_context lives beside this script
 
-from run_context import run_context  # noqa: E402
+from run_context import run_context, write_result  # noqa: E402
 
 from dsnot_lite.core import exact_kernel  # noqa: E402
 from dsnot_lite.core.exact import ExactConfig, exact_refine  # noqa: E402
-from dsnot_lite.runs.io import atomic_write_text, write_json  # noqa: E402
 
 LAYERS = ROOT / "results" / "bench" / "exact-layers"
 
@@ -175,10 +174,8 @@ def main(argv: list[str] | None = None) -> None:
     result["every"] = args.every
     result.update(run_context("exact_profile.py", argv), config=str(ExactConfig()))
     name = "exact_profile" + (f"-{args.label}" if args.label else "")
-    out = Path(args.out)
-    write_json(result, out / f"{name}.json")
-    atomic_write_text(out / f"{name}.md", markdown(result, result["command"]))
-    log(f"wrote {out / f'{name}.md'}: {result['seconds']:.1f} s, {len(result['masks_differ'])} masks differ")
+    report = write_result(result, Path(args.out), name, markdown(result, result["command"]))
+    log(f"wrote {report}: {result['seconds']:.1f} s, {len(result['masks_differ'])} masks differ")
 
 
 if __name__ == "__main__":

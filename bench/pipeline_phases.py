@@ -37,10 +37,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))  # run_context lives beside this script
 
-from run_context import run_context  # noqa: E402
+from run_context import run_context, write_result  # noqa: E402
 
 from dsnot_lite.core.exact import ExactConfig  # noqa: E402
-from dsnot_lite.runs.io import atomic_write_text, write_json  # noqa: E402
 from dsnot_lite.runs.pipeline import PhaseTimer, prune_model  # noqa: E402
 from dsnot_lite.runs.runner import ModelSession, run  # noqa: E402
 from dsnot_lite.runs.spec import RunSpec  # noqa: E402
@@ -191,10 +190,7 @@ def main(argv: list[str] | None = None) -> None:
     label += ("-quick" if args.quick else "") + (f"-{args.label}" if args.label else "")
     result = llama7b(args) if args.llama7b else smollm2(args)
     result.update(run_context("pipeline_phases.py", argv))
-    out = Path(args.out)
-    write_json(result, out / f"pipeline_phases{label}.json")
-    atomic_write_text(out / f"pipeline_phases{label}.md", markdown(result, result["command"]))
-    log(f"wrote {out / f'pipeline_phases{label}.md'}")
+    log(f"wrote {write_result(result, Path(args.out), f'pipeline_phases{label}', markdown(result, result['command']))}")
 
 
 if __name__ == "__main__":

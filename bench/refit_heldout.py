@@ -25,12 +25,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))  # run_context lives beside this script
 
-from run_context import add_heldout_arguments, run_context  # noqa: E402
+from run_context import add_heldout_arguments, run_context, write_result  # noqa: E402
 
 from dsnot_lite.core.errors import relative_error  # noqa: E402
 from dsnot_lite.core.pruners import sparsegpt_prune  # noqa: E402
 from dsnot_lite.core.refit import refit  # noqa: E402
-from dsnot_lite.runs.io import atomic_write_text, write_json  # noqa: E402
 from dsnot_lite.runs.spec import parse_nm  # noqa: E402
 from dsnot_lite.tutorial.layers import bundled_layer  # noqa: E402
 
@@ -95,11 +94,7 @@ def main(argv: list[str] | None = None) -> None:
     rows = measure(args)
     result = {**run_context("refit_heldout.py", argv), "model": args.model, "level": args.nm or f"{args.sparsity:.0%}",
               "calibration": args.nsamples * args.seqlen, "heldout": args.heldout * args.seqlen, "rows": rows}  # fmt: skip
-    out = Path(args.out)
-    name = f"refit_heldout-{args.model}"
-    write_json(result, out / f"{name}.json")
-    atomic_write_text(out / f"{name}.md", markdown(result))
-    print(out / f"{name}.md")
+    print(write_result(result, Path(args.out), f"refit_heldout-{args.model}", markdown(result)))
 
 
 if __name__ == "__main__":

@@ -37,11 +37,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))  # run_context lives beside this script
 
-from run_context import run_context  # noqa: E402
+from run_context import run_context, write_result  # noqa: E402
 
 import dsnot_lite.core.refit as core_refit  # noqa: E402
 from dsnot_lite.core.pruners import sparsegpt_prune  # noqa: E402
-from dsnot_lite.runs.io import atomic_write_text, write_json  # noqa: E402
 
 LAYERS = ROOT / "results" / "bench" / "exact-layers"
 BF16 = torch.bfloat16
@@ -145,11 +144,7 @@ def main(argv: list[str] | None = None) -> None:
         torch.set_num_threads(args.threads)
     result = measure(Path(args.layers), args.rounds)
     result.update(run_context("refit_precision.py", argv))
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    write_json(result, out / "refit_precision.json")
-    atomic_write_text(out / "refit_precision.md", markdown(result))
-    print(f"wrote {out / 'refit_precision.md'}")
+    print(f"wrote {write_result(result, Path(args.out), 'refit_precision', markdown(result))}")
 
 
 if __name__ == "__main__":

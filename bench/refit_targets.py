@@ -25,11 +25,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))  # run_context lives beside this script
 
-from run_context import add_heldout_arguments, run_context  # noqa: E402
+from run_context import add_heldout_arguments, run_context, write_result  # noqa: E402
 
 from dsnot_lite.lm.data import c4_documents, calibration_windows, wikitext_rows  # noqa: E402
 from dsnot_lite.lm.models import load_model  # noqa: E402
-from dsnot_lite.runs.io import atomic_write_text, write_json  # noqa: E402
 from dsnot_lite.runs.pipeline import prune_model  # noqa: E402
 from dsnot_lite.runs.spec import RunSpec, format_nm, parse_nm  # noqa: E402
 
@@ -91,10 +90,7 @@ def main(argv: list[str] | None = None) -> None:
     level = format_nm(parse_nm(args.nm)) if args.nm else f"{args.sparsity:.0%}"
     result = {**run_context("refit_targets.py", argv), "model": args.model, "level": level, "blocks": args.blocks,
               "heldout": args.heldout, "rows": rows}  # fmt: skip
-    out = Path(args.out)
-    write_json(result, out / f"refit_targets-{args.model}.json")
-    atomic_write_text(out / f"refit_targets-{args.model}.md", markdown(result))
-    print(out / f"refit_targets-{args.model}.md")
+    print(write_result(result, Path(args.out), f"refit_targets-{args.model}", markdown(result)))
 
 
 if __name__ == "__main__":

@@ -26,10 +26,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))  # run_context lives beside this script
 
-from run_context import run_context  # noqa: E402
+from run_context import run_context, write_result  # noqa: E402
 
 from dsnot_lite.core.refit import TOLERANCE, refit  # noqa: E402
-from dsnot_lite.runs.io import atomic_write_text, write_json  # noqa: E402
 
 LAYERS = ROOT / "results" / "bench" / "exact-layers"
 
@@ -90,11 +89,7 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit("error: tolerances must be > 0 and --rounds >= 1; fix: e.g. --tolerances 1e-3,5e-3 --rounds 2")
     result = {"rows": measure(Path(args.layers), tolerances, args.rounds), "rounds": args.rounds}
     result.update(run_context("refit_tolerance.py", argv))
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    write_json(result, out / "refit_tolerance.json")
-    atomic_write_text(out / "refit_tolerance.md", markdown(result))
-    print(f"wrote {out / 'refit_tolerance.md'}")
+    print(f"wrote {write_result(result, Path(args.out), 'refit_tolerance', markdown(result))}")
 
 
 if __name__ == "__main__":

@@ -22,10 +22,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))  # run_context lives beside this script
 
-from run_context import run_context  # noqa: E402
+from run_context import run_context, write_result  # noqa: E402
 
 from dsnot_lite.runs.cache import RunCache  # noqa: E402
-from dsnot_lite.runs.io import atomic_write_text, write_json  # noqa: E402
 from dsnot_lite.study.design import REFIT_PIPELINES  # noqa: E402
 from dsnot_lite.study.intervals import paired_difference  # noqa: E402
 from dsnot_lite.study.refinement import Study  # noqa: E402
@@ -117,12 +116,8 @@ def main(argv: list[str] | None = None) -> None:
     result = {"model": args.model, "pipeline": args.pipeline, "tolerance": args.tolerance, "precision": args.precision,
               "rows": rows}  # fmt: skip
     result.update(run_context("refit_tolerance_runs.py", argv))
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     stem = f"refit_tolerance_runs-{args.model}" + ("" if args.precision == "float32" else f"-{args.precision}")
-    write_json(result, out / f"{stem}.json")
-    atomic_write_text(out / f"{stem}.md", markdown(result))
-    print(f"wrote {out / f'{stem}.md'}")
+    print(f"wrote {write_result(result, Path(args.out), stem, markdown(result))}")
 
 
 if __name__ == "__main__":

@@ -28,11 +28,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))  # run_context lives beside this script
 
-from run_context import run_context  # noqa: E402
+from run_context import run_context, write_result  # noqa: E402
 
 import dsnot_lite.runs.pipeline as pipeline  # noqa: E402
 from dsnot_lite.core.refit import refit  # noqa: E402
-from dsnot_lite.runs.io import atomic_write_text, write_json  # noqa: E402
 from dsnot_lite.runs.runner import ModelSession, run  # noqa: E402
 from dsnot_lite.runs.spec import RunSpec  # noqa: E402
 
@@ -123,12 +122,8 @@ def main(argv: list[str] | None = None) -> None:
     result.update(
         run_context("refit_versions.py", argv), against=args.against, setting=f"{args.nsamples} x {args.seqlen} C4 calibration"
     )
-    out, stem = Path(args.out), "refit_versions" + (f"-{args.label}" if args.label else "")
-    write_json(result, out / f"{stem}.json")
-    atomic_write_text(out / f"{stem}.md", markdown(result))
-    print(
-        f"wrote {out / f'{stem}.md'}: {args.against} {result['seconds']['other']:.1f} s, this {result['seconds']['this']:.1f} s"
-    )
+    report = write_result(result, Path(args.out), "refit_versions" + (f"-{args.label}" if args.label else ""), markdown(result))
+    print(f"wrote {report}: {args.against} {result['seconds']['other']:.1f} s, this {result['seconds']['this']:.1f} s")
 
 
 if __name__ == "__main__":

@@ -14,6 +14,9 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from dsnot_lite.runs.io import atomic_write_text, write_json  # noqa: E402
 
 
 def run_context(script: str, argv: list[str] | None) -> dict:
@@ -25,6 +28,13 @@ def run_context(script: str, argv: list[str] | None) -> dict:
             "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
             "threads": torch.get_num_threads(), "load": ", ".join(f"{x:.1f}" for x in os.getloadavg()),
             "versions": {"torch": torch.__version__, "python": platform.python_version()}}  # fmt: skip
+
+
+def write_result(result: dict, folder: Path, stem: str, text: str) -> Path:
+    """``<stem>.json`` (the result) and ``<stem>.md`` (its report ``text``) in ``folder``, each written
+    atomically (the folder made if missing); returns the report's path."""
+    write_json(result, folder / f"{stem}.json")
+    return atomic_write_text(folder / f"{stem}.md", text)
 
 
 def add_heldout_arguments(parser: argparse.ArgumentParser, *, model: str) -> None:
